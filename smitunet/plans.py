@@ -1,0 +1,147 @@
+"""Plans: the single contract between planning, preprocessing, training and prediction.
+
+A typed, versioned object saved as plain JSON that a user may edit; ``Plans.load`` validates it and
+reports problems in one line naming the file and the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smitunet.errors import SmitunetError
+from smitunet.utils.files import load_json, save_json
+
+PLANS_VERSION = 1
+DEFAULT_PLANS_NAME = "smitunetPlans"
+
+
+@dataclass
+class NetworkConfig:
+    """Everything needed to build the network: ``create_network(name, **kwargs)``.
+
+    ``kwargs`` holds in_channels, num_classes, patch_size and every architecture setting (embed_dim, depths,
+    num_heads, window_size, strides, ...), so a network is fully described by the plans.
+    """
+
+    name: str
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class ConfigurationPlan:
+    data_identifier: str                    # folder under the dataset's preprocessed folder
+    spacing: list[float]                    # target spacing, (z, y, x) in mm
+    patch_size: list[int]                   # (z, y, x) voxels
+    batch_size: int
+    median_image_shape: list[int]           # after resampling to ``spacing``, (z, y, x)
+    normalization: list[str]                # per channel: "CT", "ZScore", "NoNorm", "RescaleTo01"
+    use_mask_for_norm: list[bool]           # per channel: z-score only inside the nonzero mask
+    network: NetworkConfig
+    resampling_order_data: int = 3
+    resampling_order_seg: int = 1
+    anisotropy_threshold: float = 3.0       # above: resample the low-resolution axis separately (order 0)
+    estimated_memory_gb: float | None = None
+    previous_stage: str | None = None       # 3d_lowres -> 3d_fullres cascades are not built yet
+
+
+@dataclass
+class Plans:
+    dataset_name: str
+    plans_name: str
+    channel_names: dict[str, str]           # "0" -> "CT" / "MRI" / ...
+    labels: dict[str, int]                  # name -> value, "background": 0
+    file_ending: str
+    original_median_spacing: list[float]    # (z, y, x)
+    original_median_shape: list[int]        # after cropping, (z, y, x)
+    foreground_intensity_properties: dict[str, dict[str, float]]  # per channel index (str)
+    configurations: dict[str, ConfigurationPlan]
+    version: int = PLANS_VERSION
+    planner: dict[str, Any] = field(default_factory=dict)  # how it was planned (preset, memory target, ...)
+
+    # -- convenience -------------------------------------------------------------------------------
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def num_classes(self) -> int:
+        """Output channels of the network: background plus every foreground label."""
+        return len(self.labels)
+
+    @property
+    def foreground_labels(self) -> list[int]:
+        return sorted(v for v in self.labels.values() if v != 0)
+
+    def configuration(self, name: str) -> ConfigurationPlan:
+        if name not in self.configurations:
+            raise SmitunetError(f"plans {self.plans_name}: no configuration {name!r}; "
+                                f"available: {', '.join(self.configurations)}")
+        return self.configurations[name]
+
+    # -- (de)serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "plans") -> "Plans":
+        def need(obj: dict, key: str, where: str):
+            if not isinstance(obj, dict) or key not in obj:
+                raise SmitunetError(f"{source}: missing field {where}{key}")
+            return obj[key]
+
+        version = d.get("version")
+        if version != PLANS_VERSION:
+            raise SmitunetError(f"{source}: plans version {version!r} is not supported (expected {PLANS_VERSION}); "
+                                "re-run smitunet_plan_and_preprocess")
+        configs = {}
+        for cname, c in need(d, "configurations", "").items():
+            where = f"configurations.{cname}."
+            net = need(c, "network", where)
+            kwargs = dict(c)
+            kwargs["network"] = NetworkConfig(name=need(net, "name", where + "network."),
+                                              kwargs=dict(need(net, "kwargs", where + "network.")))
+            try:
+                cp = ConfigurationPlan(**kwargs)
+            except TypeError as exc:
+                raise SmitunetError(f"{source}: {where[:-1]}: {exc}") from None
+            _validate_configuration(cp, len(need(d, "channel_names", "")), f"{source}: {where[:-1]}")
+            configs[cname] = cp
+        fields = {k: v for k, v in d.items() if k != "configurations"}
+        try:
+            plans = cls(configurations=configs, **fields)
+        except TypeError as exc:
+            raise SmitunetError(f"{source}: {exc}") from None
+        if "background" not in plans.labels or plans.labels["background"] != 0:
+            raise SmitunetError(f"{source}: labels must map 'background' to 0")
+        return plans
+
+    def save(self, path: str | Path) -> None:
+        save_json(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plans":
+        path = Path(path)
+        if not path.is_file():
+            raise SmitunetError(f"{path}: plans file not found; run smitunet_plan_and_preprocess first")
+        try:
+            d = load_json(path)
+        except ValueError as exc:
+            raise SmitunetError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(d, source=str(path))
+
+
+def _validate_configuration(c: ConfigurationPlan, num_channels: int, where: str) -> None:
+    for name in ("spacing", "patch_size", "median_image_shape"):
+        value = getattr(c, name)
+        if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in value)):
+            raise SmitunetError(f"{where}.{name} must be three positive numbers, got {value!r}")
+    if not isinstance(c.batch_size, int) or c.batch_size < 1:
+        raise SmitunetError(f"{where}.batch_size must be a positive integer, got {c.batch_size!r}")
+    if len(c.normalization) != num_channels or len(c.use_mask_for_norm) != num_channels:
+        raise SmitunetError(f"{where}: normalization/use_mask_for_norm need one entry per channel ({num_channels})")
+    known = {"CT", "ZScore", "NoNorm", "RescaleTo01"}
+    for n in c.normalization:
+        if n not in known:
+            raise SmitunetError(f"{where}.normalization: unknown scheme {n!r}; known: {', '.join(sorted(known))}")
