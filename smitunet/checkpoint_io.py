@@ -8,6 +8,7 @@ never runs.
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch's message advises weights_only=False; show only the offending global, never that advice.
+        found = re.search(r"Unsupported (?:global|operand)[^\n.]*", str(exc))
+        detail = f" ({found.group(0).strip()})" if found else ""
         raise SmitunetError(f"{path}: refused to load: the file contains pickled objects other than tensors "
-                            f"and plain containers (possible code payload); it was not executed "
-                            f"({str(exc).splitlines()[0][:160]})") from None
+                            f"and plain containers (possible code payload); nothing in it was executed{detail}") from None
     except (RuntimeError, EOFError, ValueError) as exc:
         raise SmitunetError(f"{path}: not a readable checkpoint (truncated or not a torch file: "
                             f"{str(exc).splitlines()[0][:160]})") from None
