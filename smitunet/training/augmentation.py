@@ -1,0 +1,87 @@
+"""Training augmentation built from batchgenerators transforms (nnU-Net's recipe, without elastic deformation).
+
+The data loader cuts a patch larger than the network's (``sampling_patch_size``) so that rotation and
+scaling never pull in empty corners; ``SpatialTransform`` then cuts the centred network patch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from batchgenerators.augmentations.utils import rotate_coords_3d
+from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
+from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform,
+                                                         ContrastAugmentationTransform, GammaTransform)
+from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
+from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
+from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
+from batchgenerators.transforms.utility_transforms import NumpyToTensor
+
+
+@dataclass
+class AugmentationParams:
+    rotation_degrees: float = 30.0
+    scale_range: tuple[float, float] = (0.7, 1.4)
+    mirror_axes: tuple[int, ...] | None = (0, 1, 2)
+    anisotropy_threshold: float = 3.0  # above it, rotate only in-plane (around the low-resolution axis)
+    p_rotation: float = 0.2
+    p_scale: float = 0.2
+
+
+def rotation_angles(spacing: Sequence[float], params: AugmentationParams) -> list[tuple[float, float]]:
+    """Angle ranges (radians) around axes (z, y, x); anisotropic data rotates only around its coarse axis."""
+    a = np.deg2rad(params.rotation_degrees)
+    spacing = np.asarray(spacing, dtype=float)
+    if spacing.max() / spacing.min() > params.anisotropy_threshold:
+        coarse = int(np.argmax(spacing))
+        return [(-a, a) if axis == coarse else (0.0, 0.0) for axis in range(3)]
+    return [(-a, a)] * 3
+
+
+def sampling_patch_size(patch_size: Sequence[int], angles: list[tuple[float, float]],
+                        scale_range: tuple[float, float]) -> list[int]:
+    """Bounding box of the patch under the worst rotation and largest zoom-out (scale > 1 samples wider)."""
+    patch = np.asarray(patch_size, dtype=float)
+    corners = np.array(list(itertools.product(*[(-p / 2, p / 2) for p in patch]))).T  # (3, 8)
+    extent = patch.copy()
+    grid = [np.linspace(lo, hi, 5) if hi > lo else [0.0] for lo, hi in angles]
+    for ax, ay, az in itertools.product(*grid):
+        rotated = rotate_coords_3d(corners.copy(), ax, ay, az)
+        extent = np.maximum(extent, rotated.max(axis=1) - rotated.min(axis=1))
+    extent *= max(1.0, scale_range[1])
+    return [int(np.ceil(e)) for e in extent]
+
+
+def training_transforms(patch_size: Sequence[int], spacing: Sequence[float],
+                        params: AugmentationParams | None = None) -> AbstractTransform:
+    params = params or AugmentationParams()
+    angles = rotation_angles(spacing, params)
+    transforms = [
+        SpatialTransform(
+            list(patch_size), patch_center_dist_from_border=None, do_elastic_deform=False,
+            do_rotation=True, angle_x=angles[0], angle_y=angles[1], angle_z=angles[2], p_rot_per_axis=1,
+            do_scale=True, scale=params.scale_range, border_mode_data="constant", border_cval_data=0, order_data=3,
+            border_mode_seg="constant", border_cval_seg=0, order_seg=1, random_crop=False,
+            p_el_per_sample=0, p_scale_per_sample=params.p_scale, p_rot_per_sample=params.p_rotation,
+            independent_scale_for_each_axis=False),
+        GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1),
+        GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5),
+        BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
+        ContrastAugmentationTransform(p_per_sample=0.15),
+        SimulateLowResolutionTransform(zoom_range=(0.5, 1), per_channel=True, p_per_channel=0.5,
+                                       order_downsample=0, order_upsample=3, p_per_sample=0.25),
+        GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
+        GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
+    ]
+    if params.mirror_axes:
+        transforms.append(MirrorTransform(params.mirror_axes))
+    transforms.append(NumpyToTensor(["data", "seg"], "float"))
+    return Compose(transforms)
+
+
+def no_augmentation_transforms() -> AbstractTransform:
+    """Validation batches (and deterministic tests): only the conversion to tensors."""
+    return Compose([NumpyToTensor(["data", "seg"], "float")])

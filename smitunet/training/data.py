@@ -1,0 +1,129 @@
+"""Patch sampling from the preprocessed folder, with foreground oversampling.
+
+Every batch is a pure function of ``(seed, batch_index)``: sample ``j`` of global batch ``k`` draws its case
+and position from ``default_rng([seed, k, j])`` and the augmentation's global numpy RNG is reseeded per
+batch. So the data stream does not depend on the number of background workers, a resumed run continues it
+exactly, and under torchrun each rank computes its own slice of the same global batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
+
+from smitunet.errors import SmitunetError
+
+
+class PreprocessedCases:
+    """Memory-mapped access to ``{case}.npy`` / ``{case}_seg.npy`` and cached class locations."""
+
+    def __init__(self, folder: str | Path, cases: Sequence[str]):
+        self.folder = Path(folder)
+        self.cases = sorted(cases)
+        if not self.cases:
+            raise SmitunetError(f"{self.folder}: no cases to sample from")
+        for case in self.cases:
+            for suffix in (".npy", "_seg.npy"):
+                if not (self.folder / f"{case}{suffix}").is_file():
+                    raise SmitunetError(f"{self.folder / (case + suffix)}: missing; re-run smitunet_plan_and_preprocess")
+        self._locations: dict[str, dict[int, np.ndarray]] = {}
+
+    def data(self, case: str) -> np.ndarray:
+        return np.load(self.folder / f"{case}.npy", mmap_mode="r")
+
+    def seg(self, case: str) -> np.ndarray:
+        return np.load(self.folder / f"{case}_seg.npy", mmap_mode="r")
+
+    def locations(self, case: str) -> dict[int, np.ndarray]:
+        if case not in self._locations:
+            path = self.folder / f"{case}_locations.npz"
+            found: dict[int, np.ndarray] = {}
+            if path.is_file():
+                with np.load(path, allow_pickle=False) as z:
+                    for key in z.files:
+                        if key.startswith("class_") and len(z[key]):
+                            found[int(key[len("class_"):])] = np.asarray(z[key])
+            self._locations[case] = found
+        return self._locations[case]
+
+
+def _crop_box(shape, patch, rng: np.random.Generator, centre=None) -> np.ndarray:
+    """Lower corner of a patch; the patch may hang over the border by at most what padding needs."""
+    shape, patch = np.asarray(shape), np.asarray(patch)
+    need = np.maximum(patch - shape, 0)
+    low = -(need // 2)
+    high = shape + need // 2 + need % 2 - patch
+    if centre is None:
+        return np.array([rng.integers(lo, hi + 1) for lo, hi in zip(low, high)])
+    return np.clip(np.asarray(centre) - patch // 2, low, high)
+
+
+def crop_with_padding(array: np.ndarray, lower: np.ndarray, patch: Sequence[int]) -> np.ndarray:
+    """(C, *spatial) crop at ``lower`` of size ``patch``; outside the image is filled with zeros."""
+    spatial = np.asarray(array.shape[1:])
+    upper = lower + np.asarray(patch)
+    src_lo, src_hi = np.maximum(lower, 0), np.minimum(upper, spatial)
+    out = np.zeros((array.shape[0], *patch), dtype=array.dtype)
+    dst_lo = src_lo - lower
+    dst_hi = dst_lo + (src_hi - src_lo)
+    out[(slice(None), *[slice(a, b) for a, b in zip(dst_lo, dst_hi)])] = \
+        array[(slice(None), *[slice(a, b) for a, b in zip(src_lo, src_hi)])]
+    return out
+
+
+def sample_patch(cases: PreprocessedCases, rng: np.random.Generator, patch: Sequence[int],
+                 force_foreground: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    case = cases.cases[rng.integers(len(cases.cases))]
+    data, seg = cases.data(case), cases.seg(case)
+    centre = None
+    if force_foreground:
+        locations = cases.locations(case)
+        if locations:
+            cls = sorted(locations)[rng.integers(len(locations))]
+            centre = locations[cls][rng.integers(len(locations[cls]))]
+    lower = _crop_box(data.shape[1:], patch, rng, centre)
+    return (crop_with_padding(data, lower, patch).astype(np.float32, copy=False),
+            crop_with_padding(seg, lower, patch).astype(np.int16, copy=False), case)
+
+
+class PatchLoader(SlimDataLoaderBase):
+    """Endless batches for one rank: ``sample_indices`` selects its share of each global batch.
+
+    The last ``round(global_batch * oversample_foreground)`` samples of every global batch are centred on a
+    random foreground voxel (from ``{case}_locations.npz``); the others are placed uniformly.
+    """
+
+    def __init__(self, cases: PreprocessedCases, patch_size: Sequence[int], global_batch_size: int,
+                 sample_indices: Sequence[int], seed: int, start_batch: int = 0,
+                 oversample_foreground: float = 1 / 3, num_workers: int = 1):
+        super().__init__(cases, len(sample_indices), number_of_threads_in_multithreaded=max(1, num_workers))
+        self.cases = cases
+        self.patch_size = [int(p) for p in patch_size]
+        self.global_batch_size = int(global_batch_size)
+        self.sample_indices = [int(i) for i in sample_indices]
+        self.seed, self.start_batch = int(seed), int(start_batch)
+        self.num_forced = int(round(self.global_batch_size * oversample_foreground))
+        self._produced = 0
+
+    def batch_index(self) -> int:
+        # MultiThreadedAugmenter hands batches out round-robin over its workers, so worker t produces
+        # batches t, t + n, t + 2n, ... of the stream.
+        return self.start_batch + self.thread_id + self.number_of_threads_in_multithreaded * self._produced
+
+    def generate_train_batch(self) -> dict:
+        k = self.batch_index()
+        self._produced += 1
+        # Seed the global RNG the batchgenerators transforms draw from: augmentation is per-batch deterministic.
+        np.random.seed(int(np.random.SeedSequence([self.seed, k, 1 + min(self.sample_indices)]).generate_state(1)[0]))
+        datas, segs, names = [], [], []
+        for j in self.sample_indices:
+            rng = np.random.default_rng([self.seed, k, j])
+            force = j >= self.global_batch_size - self.num_forced
+            d, s, case = sample_patch(self.cases, rng, self.patch_size, force)
+            datas.append(d)
+            segs.append(s)
+            names.append(case)
+        return {"data": np.stack(datas), "seg": np.stack(segs), "keys": names, "batch_index": k}

@@ -1,0 +1,76 @@
+"""Soft Dice + cross-entropy, with deep supervision over the network's lower-resolution outputs."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DiceCELoss(nn.Module):
+    """``ce_weight * CE + dice_weight * (1 - soft Dice)`` over foreground classes.
+
+    Dice is computed per sample (not over the whole batch) so the loss is a plain mean over samples: the
+    gradient of a sharded batch under DistributedDataParallel then equals that of the whole batch.
+    """
+
+    def __init__(self, ce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1e-5,
+                 include_background: bool = False):
+        super().__init__()
+        self.ce_weight, self.dice_weight = ce_weight, dice_weight
+        self.smooth = smooth
+        self.include_background = include_background
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits`` (B, K, *spatial); ``target`` (B, 1, *spatial) integer labels."""
+        target = target[:, 0].long()
+        logits = logits.float()
+        ce = F.cross_entropy(logits, target)
+        probs = torch.softmax(logits, dim=1)
+        onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
+        if not self.include_background:
+            probs, onehot = probs[:, 1:], onehot[:, 1:]
+        axes = tuple(range(2, logits.ndim))
+        intersection = (probs * onehot).sum(axes)
+        denominator = probs.sum(axes) + onehot.sum(axes)
+        dice = (2 * intersection + self.smooth) / (denominator + self.smooth)
+        return self.ce_weight * ce + self.dice_weight * (1 - dice.mean())
+
+
+def deep_supervision_weights(num_outputs: int) -> list[float]:
+    """nnU-Net's weighting: halve per level, ignore the coarsest level, normalise to sum 1."""
+    weights = [1 / 2 ** i for i in range(num_outputs)]
+    if num_outputs > 1:
+        weights[-1] = 0.0
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def downsample_target(target: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Nearest-neighbour resize of integer labels (B, 1, *spatial) to ``shape``."""
+    if tuple(target.shape[2:]) == tuple(shape):
+        return target
+    return F.interpolate(target.float(), size=tuple(shape), mode="nearest").to(target.dtype)
+
+
+class DeepSupervisionLoss(nn.Module):
+    """Weighted sum of ``loss`` over each output of a deep-supervision list; a single tensor passes through."""
+
+    def __init__(self, loss: nn.Module, weights: Sequence[float] | None = None):
+        super().__init__()
+        self.loss = loss
+        self.weights = None if weights is None else list(weights)
+
+    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):
+            return self.loss(outputs, target)
+        weights = self.weights or deep_supervision_weights(len(outputs))
+        if len(weights) != len(outputs):
+            raise ValueError(f"{len(outputs)} deep-supervision outputs but {len(weights)} weights")
+        total = outputs[0].new_zeros(())
+        for weight, out in zip(weights, outputs):
+            if weight:
+                total = total + weight * self.loss(out, downsample_target(target, out.shape[2:]))
+        return total
