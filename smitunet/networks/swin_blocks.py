@@ -1,0 +1,229 @@
+"""3D Swin building blocks with the official SMIT parameter names.
+
+Tensors inside the encoder are channel-last ``(B, D, H, W, C)`` where D, H, W are the (z, y, x) axes of the
+input. Parameter names and shapes follow the SMIT pretraining checkpoint (``patch_embed.proj``,
+``blocks.{j}.attn.relative_position_bias_table``, ``downsample.reduction`` ...), so official weights load 1:1.
+
+Windows are clipped per axis where a feature map is not larger than the window (shift disabled on that
+axis, as in Swin/MONAI). The relative-position table keeps the configured window's shape and a clipped
+window indexes into it with its own (smaller) offsets, so pretrained tables keep their meaning.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# SMIT's PatchMerging concatenates the 8 sub-voxels in this order (offsets along D, H, W).
+SMIT_MERGE_ORDER = ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (0, 1, 1), (1, 0, 1), (1, 1, 1))
+
+
+@functools.lru_cache(maxsize=64)
+def relative_position_index(window: tuple[int, int, int], table_window: tuple[int, int, int]) -> torch.Tensor:
+    """Index ``(n, n)`` into a ``prod(2*table_window-1)``-row bias table for a (possibly smaller) window."""
+    # Explicit CPU tensors: the cache must never hold tensors created under a meta/cuda default device.
+    axes = [torch.arange(w, device="cpu") for w in window]
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+    rel = rel + torch.tensor([t - 1 for t in table_window], device="cpu")
+    sizes = [2 * t - 1 for t in table_window]
+    return rel[..., 0] * sizes[1] * sizes[2] + rel[..., 1] * sizes[2] + rel[..., 2]
+
+
+def effective_window(size: Sequence[int], window: Sequence[int], shift: Sequence[int]):
+    """Clip window/shift per axis where the feature map is not larger than the window (Swin rule)."""
+    win = tuple(s if s <= w else w for s, w in zip(size, window))
+    sh = tuple(0 if s <= w else h for s, w, h in zip(size, window, shift))
+    return win, sh
+
+
+def window_partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
+    b, d, h, w, c = x.shape
+    x = x.view(b, d // window[0], window[0], h // window[1], window[1], w // window[2], window[2], c)
+    return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, window[0] * window[1] * window[2], c)
+
+
+def window_reverse(windows: torch.Tensor, window: Sequence[int], b: int, d: int, h: int, w: int) -> torch.Tensor:
+    x = windows.view(b, d // window[0], h // window[1], w // window[2], window[0], window[1], window[2], -1)
+    return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, d, h, w, -1)
+
+
+@functools.lru_cache(maxsize=64)
+def _shift_region_ids(padded: tuple[int, int, int], window: tuple[int, int, int],
+                      shift: tuple[int, int, int]) -> torch.Tensor:
+    img = torch.zeros(padded, device="cpu")
+    axis_slices = []
+    for win, sh in zip(window, shift):
+        axis_slices.append((slice(0, -win), slice(-win, -sh), slice(-sh, None)) if sh > 0 else (slice(None),))
+    count = 0
+    for sd in axis_slices[0]:
+        for sh_ in axis_slices[1]:
+            for sw in axis_slices[2]:
+                img[sd, sh_, sw] = count
+                count += 1
+    return img
+
+
+def shifted_window_mask(padded: Sequence[int], window: Sequence[int], shift: Sequence[int]) -> torch.Tensor:
+    """Additive mask ``(num_windows, n, n)``: -100 between tokens from different regions after the roll."""
+    ids = _shift_region_ids(tuple(padded), tuple(window), tuple(shift))
+    ids = window_partition(ids[None, ..., None], window).squeeze(-1)
+    diff = ids[:, None, :] - ids[:, :, None]
+    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention in a 3D window with a relative-position bias (SMIT/Swin names)."""
+
+    def __init__(self, dim: int, num_heads: int, window: Sequence[int], qkv_bias: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.window = tuple(window)
+        self.scale = (dim // num_heads) ** -0.5
+        rows = (2 * self.window[0] - 1) * (2 * self.window[1] - 1) * (2 * self.window[2] - 1)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        # Stored only so the state_dict equals the official one; forward rebuilds the index for its window.
+        self.register_buffer("relative_position_index", relative_position_index(self.window, self.window).clone())
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, window: tuple[int, int, int], mask: torch.Tensor | None) -> torch.Tensor:
+        bw, n, c = x.shape
+        qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
+        attn = q @ k.transpose(-2, -1)
+        index = relative_position_index(window, self.window).to(x.device)
+        bias = self.relative_position_bias_table[index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
+        attn = attn + bias.unsqueeze(0)
+        if mask is not None:
+            nw = mask.shape[0]
+            attn = attn.view(bw // nw, nw, self.num_heads, n, n) + mask.to(attn.dtype)[None, :, None]
+            attn = attn.view(-1, self.num_heads, n, n)
+        attn = attn.softmax(dim=-1)
+        x = (attn @ v).transpose(1, 2).reshape(bw, n, c)
+        return self.proj(x)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity at inference or with rate 0)."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        noise = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * noise / keep
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, window: Sequence[int], shifted: bool, qkv_bias: bool,
+                 mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        self.shifted = shifted
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, window, qkv_bias)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, window: tuple[int, int, int], shift: tuple[int, int, int]) -> torch.Tensor:
+        b, d, h, w, c = x.shape
+        shortcut = x
+        x = self.norm1(x)
+        pads = [(-s) % win for s, win in zip((d, h, w), window)]
+        if any(pads):
+            x = F.pad(x, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
+        dp, hp, wp = d + pads[0], h + pads[1], w + pads[2]
+        mask = None
+        if any(shift):
+            x = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
+            mask = shifted_window_mask((dp, hp, wp), window, shift).to(x.device)
+        windows = self.attn(window_partition(x, window), window, mask)
+        x = window_reverse(windows, window, b, dp, hp, wp)
+        if any(shift):
+            x = torch.roll(x, shifts=shift, dims=(1, 2, 3))
+        x = x[:, :d, :h, :w].contiguous()
+        x = shortcut + self.drop_path(x)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Conv 2x2x2 (stride per axis; a stride-1 axis pads one voxel at the end) + optional LayerNorm."""
+
+    def __init__(self, in_channels: int, embed_dim: int, stride: Sequence[int], norm: bool):
+        super().__init__()
+        self.stride = tuple(int(s) for s in stride)
+        self.proj = nn.Conv3d(in_channels, embed_dim, kernel_size=2, stride=self.stride)
+        self.norm = nn.LayerNorm(embed_dim) if norm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[2:]
+        pads = [1 if s == 1 else (-n) % 2 for n, s in zip(size, self.stride)]
+        if any(pads):
+            x = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]))
+        x = self.proj(x).permute(0, 2, 3, 4, 1)
+        return self.norm(x) if self.norm is not None else x
+
+
+class PatchMerging(nn.Module):
+    """SMIT merge: LayerNorm(8C) then Linear(8C -> 2C) over the 8 sub-voxels in SMIT's order.
+
+    Along an axis with stride 1 both offsets take the same voxel, which keeps the pretrained Linear's shape
+    (it equals summing the two weight blocks) so official weights load for any per-axis plan.
+    """
+
+    def __init__(self, dim: int, stride: Sequence[int]):
+        super().__init__()
+        self.stride = tuple(int(s) for s in stride)
+        self.norm = nn.LayerNorm(8 * dim)
+        self.reduction = nn.Linear(8 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[1:4]
+        pads = [n % 2 if s == 2 else 0 for n, s in zip(size, self.stride)]
+        if any(pads):
+            x = F.pad(x, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
+        sd, sh, sw = self.stride
+        parts = [x[:, od * (sd - 1)::sd, oh * (sh - 1)::sh, ow * (sw - 1)::sw] for od, oh, ow in SMIT_MERGE_ORDER]
+        return self.reduction(self.norm(torch.cat(parts, dim=-1)))
+
+
+class SwinLayer(nn.Module):
+    """One Swin stage: ``depth`` blocks alternating regular/shifted windows, then a PatchMerging."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window: Sequence[int], qkv_bias: bool,
+                 merge_stride: Sequence[int], mlp_ratio: float = 4.0, drop_paths: Sequence[float] = ()):
+        super().__init__()
+        self.window = tuple(window)
+        rates = list(drop_paths) or [0.0] * depth
+        self.blocks = nn.ModuleList(SwinBlock(dim, num_heads, window, shifted=j % 2 == 1, qkv_bias=qkv_bias,
+                                              mlp_ratio=mlp_ratio, drop_path=rates[j]) for j in range(depth))
+        self.downsample = PatchMerging(dim, merge_stride)
+
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[1:4]
+        half = tuple(w // 2 for w in self.window)
+        for block in self.blocks:
+            window, shift = effective_window(size, self.window, half if block.shifted else (0, 0, 0))
+            x = block(x, window, shift)
+        return x
