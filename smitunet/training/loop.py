@@ -1,0 +1,263 @@
+"""The epoch loop shared by every trainer: setup, resume, train/validate steps, checkpoints, fold validation."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from smitunet.errors import SmitunetError
+from smitunet.training import checkpointing as ckpt
+from smitunet.training.augmentation import no_augmentation_transforms
+from smitunet.training.batches import BatchStream
+from smitunet.training.data import PreprocessedCases
+from smitunet.training.distributed import all_reduce_sum, barrier, shard_of_batch
+from smitunet.training.logger import TrainingLogger, empty_logs
+from smitunet.training.splits import cases_for_fold, load_or_create_splits
+from smitunet.training.trainer import Trainer
+from smitunet.utils.files import save_json
+
+
+def preprocessed_cases(folder: Path) -> list[str]:
+    cases = sorted(p.name[: -len("_seg.npy")] for p in Path(folder).glob("*_seg.npy"))
+    if not cases:
+        raise SmitunetError(f"{folder}: no preprocessed cases; run smitunet_plan_and_preprocess first")
+    return cases
+
+
+class TrainingLoop:
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.ctx = trainer.ctx
+        self.dist = self.ctx.dist
+        self.device = self.ctx.device
+        self.out = Path(self.ctx.output_dir)
+        labels = sorted(trainer.plans.labels.items(), key=lambda kv: kv[1])
+        self.logger = TrainingLogger(self.out, enabled=self.dist.is_main,
+                                     class_names=[name for name, value in labels if value != 0])
+        self.epoch = 0
+        self.best_ema: float | None = None
+        self.ema: float | None = None
+
+    # -- setup ---------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        t = self.trainer
+        self.data_folder = self.ctx.preprocessed_dataset_dir / t.config.data_identifier
+        all_cases = preprocessed_cases(self.data_folder)
+        if self.dist.is_main:
+            load_or_create_splits(self.ctx.preprocessed_dataset_dir, all_cases)
+        barrier(self.dist)
+        splits = load_or_create_splits(self.ctx.preprocessed_dataset_dir, all_cases, write=False)
+        self.train_cases, self.val_cases = cases_for_fold(splits, self.ctx.fold, all_cases)
+        torch.manual_seed(t.options.seed)  # identical initial weights on every rank
+        self.network_config = t.network_config()
+        self.network = t.build_network(self.network_config).to(self.device)
+        self.model = self.network
+        if self.dist.enabled:
+            # mask_token (pretraining only) and zero-weighted outputs get no gradient: allow unused parameters.
+            ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.network, device_ids=ids, find_unused_parameters=True)
+        self.loss = t.build_loss()
+        self.optimizer = t.build_optimizer(self.network)
+        self.schedule = t.build_lr_schedule(self.optimizer, t.num_epochs * t.iters_per_epoch)
+        self.amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.logger.logs = empty_logs()
+
+    def log(self, message: str) -> None:
+        self.logger.log(message)
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        t = self.trainer
+        return ckpt.build_training_checkpoint(
+            network_config=self.network_config, state_dict=self.network.state_dict(), optimizer=self.optimizer,
+            scheduler=self.schedule, scaler=self.scaler, epoch=self.epoch, logs=self.logger.logs,
+            extra={"ema_pseudo_dice": self.ema, "best_ema_pseudo_dice": self.best_ema, "seed": t.options.seed},
+            plans_dict=t.plans.to_dict(), configuration=self.ctx.configuration, trainer_name=self.ctx.trainer_name,
+            dataset_json=self.ctx.dataset_json, fold=self.ctx.fold)
+
+    def save(self, name: str) -> None:
+        if self.dist.is_main:
+            ckpt.save_training_checkpoint(self.checkpoint(), self.out / name)
+
+    def restore(self, path: Path, weights_only: bool = False) -> None:
+        state = ckpt.load_training_checkpoint(path)
+        self.network.load_state_dict(state["state_dict"])
+        if weights_only:
+            return
+        self.schedule.load_state_dict(state["scheduler"])
+        if len(state["optimizer"]["param_groups"]) != len(self.optimizer.param_groups):
+            raise SmitunetError(f"{path}: its optimizer has {len(state['optimizer']['param_groups'])} parameter groups but "
+                                f"this run builds {len(self.optimizer.param_groups)}; continue with the options of the "
+                                "original run (e.g. the same --pretrained)")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.logger.logs = {key: list(state["logs"].get(key, [])) for key in empty_logs()}
+        extra = state.get("trainer_state", {})
+        self.ema, self.best_ema = extra.get("ema_pseudo_dice"), extra.get("best_ema_pseudo_dice")
+        ckpt.restore_rng_state(state["rng"])
+        self.log(f"resumed from {path.name}: {self.epoch} completed epochs, step {self.schedule.step_count}")
+
+    # -- steps ---------------------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
+
+    def train_step(self, batch: dict, loss_scale: float) -> float:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["seg"].to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss = self.loss(self.model(data), target)
+        # DDP averages gradients over ranks; scaling by the shard's share makes that the global-batch mean.
+        self.scaler.scale(loss * loss_scale).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.trainer.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict, num_classes: int) -> tuple[float, np.ndarray]:
+        data = batch["data"].to(self.device)
+        target = batch["seg"].to(self.device)
+        with self._autocast():
+            output = self.network(data)
+            loss = self.loss(output, target)
+        logits = output[0] if isinstance(output, (list, tuple)) else output
+        pred = logits.argmax(1)
+        ref = target[:, 0].long()
+        stats = np.zeros((3, num_classes - 1))
+        for c in range(1, num_classes):
+            p, r = pred == c, ref == c
+            stats[:, c - 1] = [(p & r).sum().item(), (p & ~r).sum().item(), (~p & r).sum().item()]
+        return float(loss), stats
+
+    # -- epochs --------------------------------------------------------------------------------------
+    def run_epochs(self, stream: BatchStream, val_cases: PreprocessedCases) -> None:
+        t = self.trainer
+        shard = shard_of_batch(t.config.batch_size, self.dist)
+        loss_scale = len(shard) * self.dist.world_size / t.config.batch_size
+        while self.epoch < t.num_epochs:
+            start, wait_before = time.perf_counter(), stream.wait_seconds
+            lr = self.optimizer.param_groups[-1]["lr"]  # the decoder's (or only) group, at the epoch's start
+            self.network.train()
+            self.network.deep_supervision = True
+            losses = []
+            bar = tqdm(range(t.iters_per_epoch), desc=f"epoch {self.epoch}", disable=None if self.dist.is_main else True,
+                       leave=False)
+            for _ in bar:
+                losses.append(self.train_step(next(stream), loss_scale))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            train_time = time.perf_counter() - start
+            wait = stream.wait_seconds - wait_before
+            val_loss, dice = self.validate_patches(val_cases, shard)
+            self.end_epoch(float(np.mean(losses)), val_loss, dice, lr, time.perf_counter() - start, wait / train_time)
+
+    def validate_patches(self, val_cases: PreprocessedCases, shard) -> tuple[float, list[float]]:
+        t = self.trainer
+        self.network.eval()
+        loader = t.build_val_loader(val_cases, shard)
+        to_tensors = no_augmentation_transforms()
+        num_classes = t.plans.num_classes
+        totals = torch.zeros(2 + 3 * (num_classes - 1), dtype=torch.float64)
+        for _ in range(t.val_iterations):
+            batch = to_tensors(**loader.generate_train_batch())
+            loss, stats = self.validation_step(batch, num_classes)
+            totals[0] += loss * len(shard)
+            totals[1] += len(shard)
+            totals[2:] += torch.from_numpy(stats.reshape(-1))
+        totals = all_reduce_sum(totals.to(self.device), self.dist).cpu()
+        tp, fp, fn = totals[2:].reshape(3, num_classes - 1).numpy()
+        dice = [float(2 * a / (2 * a + b + c)) if (2 * a + b + c) > 0 else float("nan") for a, b, c in zip(tp, fp, fn)]
+        return float(totals[0] / totals[1]), dice
+
+    def end_epoch(self, train_loss: float, val_loss: float, dice: list[float], lr: float, epoch_time: float,
+                  wait_fraction: float) -> None:
+        values = torch.tensor([train_loss, wait_fraction], dtype=torch.float64, device=self.device)
+        train_loss, wait_fraction = (all_reduce_sum(values, self.dist) / self.dist.world_size).tolist()
+        mean_dice = float(np.nanmean(dice)) if not all(np.isnan(dice)) else 0.0
+        self.ema = mean_dice if self.ema is None else self.trainer.ema_momentum * self.ema + (1 - self.trainer.ema_momentum) * mean_dice
+        self.logger.record_epoch(train_loss=train_loss, val_loss=val_loss, pseudo_dice=[float(np.nan_to_num(d)) for d in dice],
+                                 ema_pseudo_dice=self.ema, lr=lr,
+                                 epoch_time=epoch_time, data_wait_fraction=wait_fraction)
+        self.epoch += 1
+        dice_text = ", ".join(f"{d:.4f}" for d in dice)
+        self.log(f"epoch {self.epoch - 1}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, pseudo Dice "
+                 f"[{dice_text}], EMA {self.ema:.4f}, lr {self.logger.logs['lr'][-1]:.2e}, "
+                 f"{epoch_time:.1f} s, data wait {100 * wait_fraction:.1f} %")
+        if self.best_ema is None or self.ema > self.best_ema:
+            self.best_ema = self.ema
+            self.save("checkpoint_best.pt")
+        self.save("checkpoint_latest.pt")
+        self.logger.write_epoch_files()
+        barrier(self.dist)
+
+    # -- the whole run -------------------------------------------------------------------------------
+    def run(self, continue_training: bool = False, validation_only: bool = False) -> None:
+        self.setup()
+        if validation_only:
+            final = self.out / "checkpoint_final.pt"
+            if not final.is_file():
+                raise SmitunetError(f"{final}: not found; --val needs a finished training run")
+            self.restore(final, weights_only=True)
+            trained = False
+        else:
+            trained = self.train(continue_training)
+        summary = self.out / "validation" / "summary.json"
+        if self.dist.is_main and (validation_only or trained or not summary.is_file()):
+            from smitunet.training.validation import validate_fold  # needs preprocessing + inference
+
+            validate_fold(self)
+        barrier(self.dist)
+
+    def train(self, continue_training: bool) -> bool:
+        """Train up to ``num_epochs``; False when there was nothing left to train."""
+        t = self.trainer
+        resume = ckpt.checkpoint_to_resume(self.out) if continue_training else None
+        if resume is not None:
+            self.restore(resume)
+        else:
+            if continue_training:
+                self.log("--c: no checkpoint found; starting from scratch")
+            if t.options.pretrained is not None:
+                t.load_pretrained(self.network, Path(t.options.pretrained), self.log)
+        if self.epoch >= t.num_epochs:
+            self.log(f"training already complete ({self.epoch} epochs); raise --epochs to extend it")
+            if not (self.out / "checkpoint_final.pt").is_file():
+                self.save("checkpoint_final.pt")
+            return False
+        self.write_run_files()
+        shard = shard_of_batch(t.config.batch_size, self.dist)
+        train_cases = PreprocessedCases(self.data_folder, self.train_cases)
+        val_cases = PreprocessedCases(self.data_folder, self.val_cases)
+        loader = t.build_train_loader(train_cases, shard, start_batch=self.schedule.step_count)
+        stream = BatchStream(loader, t.training_transforms(), t.options.num_workers)
+        try:
+            self.run_epochs(stream, val_cases)
+        finally:
+            stream.close()
+        self.save("checkpoint_final.pt")
+        barrier(self.dist)
+        return True
+
+    def write_run_files(self) -> None:
+        t = self.trainer
+        if not self.dist.is_main:
+            return
+        save_json(t.plans.to_dict(), self.out.parent / "plans.json")
+        save_json(self.ctx.dataset_json, self.out.parent / "dataset.json")
+        self.log(f"trainer {self.ctx.trainer_name}, fold {self.ctx.fold}: {len(self.train_cases)} training / "
+                 f"{len(self.val_cases)} validation cases; {t.num_epochs} epochs x {t.iters_per_epoch} iterations, "
+                 f"batch {t.config.batch_size} (x{self.dist.world_size} processes share it), patch "
+                 f"{t.config.patch_size}, network {self.network_config.name} "
+                 f"({sum(p.numel() for p in self.network.parameters()) / 1e6:.2f} M parameters), device {self.device}, "
+                 f"{t.options.num_workers} data workers")

@@ -1,0 +1,84 @@
+"""Fold validation: sliding-window prediction of the held-out cases, exported at their original geometry.
+
+Predictions go to ``fold_F/validation/{case}{file_ending}`` (``--npz`` adds the softmax probabilities), and
+``summary.json`` holds per-case, per-class and mean metrics against the raw labels. When the raw dataset is
+not available, the reference is the preprocessed segmentation restored to the original geometry (stated in
+the summary as ``"reference": "preprocessed"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from smitunet.evaluation.metrics import case_metrics, foreground_mean, mean_metrics
+from smitunet.imageio import Geometry, read_image, write_image
+from smitunet.inference.sliding_window import predict_sliding_window
+from smitunet.preprocessing.preprocessor import restore_original_geometry
+from smitunet.utils.files import load_json, save_json, save_npz
+
+
+def raw_label_files(dataset_name: str) -> dict[str, Path]:
+    """case -> raw label path, or {} when the raw dataset is not on this machine."""
+    from smitunet.dataset.raw import list_training_cases
+    from smitunet.paths import raw_dir
+
+    folder = raw_dir() / dataset_name
+    if not (folder / "dataset.json").is_file():
+        return {}
+    return {case: Path(entry["label"]) for case, entry in list_training_cases(folder).items()}
+
+
+def predict_case(loop, case: str) -> tuple[np.ndarray, dict]:
+    """Softmax probabilities (K, z, y, x) at the original geometry, and the case's properties."""
+    t = loop.trainer
+    data = np.load(loop.data_folder / f"{case}.npy")
+    properties = load_json(loop.data_folder / f"{case}.json")
+    logits = predict_sliding_window(loop.network, torch.from_numpy(data), t.config.patch_size, t.plans.num_classes,
+                                    step_size=0.5, mirror_axes=t.validation_mirror_axes, device=loop.device,
+                                    output_device="cpu", progress=False,
+                                    autocast_dtype=torch.float16 if loop.device.type == "cuda" else None)
+    probabilities = torch.softmax(logits.float(), 0).numpy()
+    restored = restore_original_geometry(probabilities, properties, t.plans, loop.ctx.configuration, is_seg=False)
+    return restored, properties
+
+
+def reference_labels(loop, case: str, properties: dict, raw_labels: dict[str, Path]) -> np.ndarray:
+    if case in raw_labels:
+        return read_image(raw_labels[case])[0]
+    seg = np.load(loop.data_folder / f"{case}_seg.npy")[0]
+    return restore_original_geometry(seg, properties, loop.trainer.plans, loop.ctx.configuration, is_seg=True)
+
+
+def validate_fold(loop) -> dict:
+    """Predict every validation case of the fold; write predictions and summary.json (main process only)."""
+    t = loop.trainer
+    folder = Path(loop.out) / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    loop.network.eval()
+    loop.network.deep_supervision = False
+    raw_labels = raw_label_files(t.plans.dataset_name)
+    labels = t.plans.foreground_labels
+    per_case = []
+    for case in tqdm(loop.val_cases, desc="fold validation", disable=None):
+        probabilities, properties = predict_case(loop, case)
+        segmentation = probabilities.argmax(0).astype(np.uint8 if len(t.plans.labels) < 256 else np.int16)
+        geometry = Geometry.from_dict(properties["geometry"])
+        write_image(segmentation, geometry, folder / f"{case}{t.plans.file_ending}")
+        if t.options.export_probabilities:
+            save_npz(folder / f"{case}.npz", probabilities=probabilities.astype(np.float16))
+        reference = reference_labels(loop, case, properties, raw_labels)
+        metrics = case_metrics(segmentation, reference, labels, geometry.spacing_zyx)
+        per_case.append({"case": case, "metrics": metrics})
+    means = mean_metrics([c["metrics"] for c in per_case])
+    summary = {"fold": loop.ctx.fold, "trainer": loop.ctx.trainer_name, "epochs": loop.epoch,
+               "reference": "raw" if raw_labels else "preprocessed",
+               "foreground_mean": foreground_mean(means), "mean": means, "metric_per_case": per_case}
+    save_json(summary, folder / "summary.json")
+    dice = ", ".join(f"{k}: {v['dice']:.4f}" for k, v in means.items())
+    loop.log(f"fold {loop.ctx.fold} validation on {len(per_case)} cases: mean Dice "
+             f"{summary['foreground_mean']['dice']:.4f} ({dice}); written to {folder}")
+    return summary

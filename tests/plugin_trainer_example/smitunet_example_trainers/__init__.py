@@ -1,0 +1,1 @@
+"""Example out-of-package smitunet trainers (used by the plug-in tests)."""

@@ -1,0 +1,60 @@
+"""Trainers that override a few small methods of the built-ins."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from smitunet.training.losses import DeepSupervisionLoss, DiceCELoss
+from smitunet.training.trainer import SMITTrainer
+
+
+class ExampleTrainer(SMITTrainer):
+    """A plug-in that changes the loss weighting, the optimiser and the oversampling; marks its checkpoints."""
+
+    oversample_foreground = 0.5
+    initial_lr = 1e-3
+
+    def build_loss(self):
+        return DeepSupervisionLoss(DiceCELoss(ce_weight=0.5, dice_weight=1.0))
+
+    def build_optimizer(self, network):
+        self.optimizer_built_by_plugin = True
+        return torch.optim.Adam(self.parameter_groups(network), lr=self.initial_lr)
+
+
+class NoAugmentationTrainer(SMITTrainer):
+    """No augmentation and a constant learning rate: deterministic batches for the torchrun comparison.
+
+    With ``SMITUNET_TEST_HANG_AT=E:I`` it blocks at iteration I of epoch E (a reproducible point to SIGKILL).
+    """
+
+    lr_decay = "constant"
+    warmup_fraction = 0.0
+
+    def augmentation_params(self):
+        return None
+
+    def build_loss(self):
+        loss = super().build_loss()
+        hang = os.environ.get("SMITUNET_TEST_HANG_AT")
+        if not hang:
+            return loss
+        epoch, iteration = (int(v) for v in hang.split(":"))
+        marker = os.environ["SMITUNET_TEST_HANG_MARKER"]
+        steps = {"n": 0}
+        iters = self.iters_per_epoch
+
+        def hanging_forward(outputs, target, _inner=loss.forward):
+            if steps["n"] == epoch * iters + iteration and torch.is_grad_enabled():
+                with open(marker, "w") as f:
+                    f.write("hanging\n")
+                time.sleep(600)
+            if torch.is_grad_enabled():
+                steps["n"] += 1
+            return _inner(outputs, target)
+
+        loss.forward = hanging_forward
+        return loss
