@@ -98,7 +98,7 @@ def _predict_batch(model, batch, combos, autocast_dtype):
     return total / len(combos)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: callers update the returned tensor in place
 def predict_sliding_window(model: nn.Module, data: torch.Tensor | np.ndarray, patch_size: Sequence[int],
                            num_classes: int, step_size: float = 0.5,
                            mirror_axes: Sequence[int] | None = (0, 1, 2), tile_batch_size: int = 1,

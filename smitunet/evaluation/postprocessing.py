@@ -1,0 +1,83 @@
+"""Largest-connected-component postprocessing per label: decide on validation results, apply at prediction.
+
+``postprocessing.json`` (written by smitunet_find_best_configuration into the model folder):
+``{"keep_largest_component": [labels...], "per_label": {label: {"dice_before", "dice_after", "num_cases"}}}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from acvl_utils.morphology.morphology_helper import remove_all_but_largest_component
+
+from smitunet.errors import SmitunetError
+from smitunet.evaluation.evaluate import json_safe
+from smitunet.evaluation.metrics import dice
+from smitunet.imageio import read_image
+from smitunet.utils.files import load_json, save_json
+
+POSTPROCESSING_FILE = "postprocessing.json"
+
+
+def keep_largest_component(labels: np.ndarray, label: int) -> np.ndarray:
+    """Set every voxel of ``label`` outside its largest 26-connected component to background (in place)."""
+    mask = labels == label
+    if mask.any():
+        labels[mask & ~remove_all_but_largest_component(mask)] = 0
+    return labels
+
+
+def apply_postprocessing(labels: np.ndarray, config: dict | None) -> np.ndarray:
+    for label in (config or {}).get("keep_largest_component", []):
+        keep_largest_component(labels, int(label))
+    return labels
+
+
+def load_postprocessing(model_dir: str | Path) -> dict | None:
+    path = Path(model_dir) / POSTPROCESSING_FILE
+    if not path.is_file():
+        return None
+    try:
+        config = load_json(path)
+        [int(v) for v in config["keep_largest_component"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SmitunetError(f"{path}: not a valid postprocessing file ({exc})") from None
+    return config
+
+
+def determine_postprocessing(pairs: Iterable[tuple[Path, Path]], foreground_labels: Sequence[int]) -> dict:
+    """For each label, keep the largest component only where it raises the mean validation Dice.
+
+    ``pairs`` are (reference file, prediction file). Removing voxels of one label never changes another
+    label's Dice, so each label is decided on its own.
+    """
+    before = {lab: [] for lab in foreground_labels}
+    after = {lab: [] for lab in foreground_labels}
+    for ref_file, pred_file in pairs:
+        ref, _ = read_image(ref_file)
+        pred, _ = read_image(pred_file)
+        for lab in foreground_labels:
+            r, p = ref == lab, pred == lab
+            before[lab].append(dice(p, r))
+            after[lab].append(dice(remove_all_but_largest_component(p) if p.any() else p, r))
+    per_label, keep = {}, []
+    for lab in foreground_labels:
+        b, a = _nanmean(before[lab]), _nanmean(after[lab])
+        per_label[str(lab)] = {"dice_before": b, "dice_after": a, "num_cases": len(before[lab])}
+        if not np.isnan(a) and (np.isnan(b) or a > b):
+            keep.append(int(lab))
+    return {"keep_largest_component": keep, "per_label": per_label}
+
+
+def _nanmean(values: list[float]) -> float:
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[~np.isnan(arr)]
+    return float(arr.mean()) if arr.size else float("nan")
+
+
+def save_postprocessing(config: dict, model_dir: str | Path) -> Path:
+    path = Path(model_dir) / POSTPROCESSING_FILE
+    save_json(json_safe(config), path)
+    return path

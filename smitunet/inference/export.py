@@ -1,0 +1,63 @@
+"""Turn averaged probabilities in the preprocessed space into label files in the input's exact geometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from smitunet.evaluation.postprocessing import apply_postprocessing
+from smitunet.imageio import Geometry, write_image
+from smitunet.plans import Plans
+from smitunet.utils.files import save_npz
+
+
+def label_lookup(plans: Plans) -> np.ndarray:
+    """Network output channel i -> label value (the plans' label values, sorted; identity when consecutive)."""
+    values = sorted(int(v) for v in plans.labels.values())
+    dtype = np.uint8 if max(values) < 256 else np.int16
+    return np.asarray(values, dtype=dtype)
+
+
+def needs_resampling(properties: dict) -> bool:
+    return not np.allclose(properties["spacing_original"], properties["spacing_target"], rtol=0, atol=1e-6)
+
+
+def probabilities_to_labels(probabilities: np.ndarray, properties: dict, plans: Plans, configuration: str,
+                            keep_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (original z, y, x) and, if asked, the probabilities in the original geometry.
+
+    Without resampling, undoing the crop commutes with the argmax, so only a (z, y, x) array is restored;
+    otherwise the probabilities are resampled back (as nnU-Net does), then arg-maxed.
+    """
+    from smitunet.preprocessing.preprocessor import restore_original_geometry
+
+    lookup = label_lookup(plans)
+    if not keep_probabilities and not needs_resampling(properties):
+        index = probabilities.argmax(0).astype(np.int16)
+        restored_index = restore_original_geometry(index, properties, plans, configuration, is_seg=True)
+        return lookup[np.asarray(restored_index, dtype=np.int64)], None
+    restored = np.asarray(restore_original_geometry(probabilities, properties, plans, configuration, is_seg=False),
+                          dtype=np.float32)
+    labels = lookup[restored.argmax(0)]
+    return labels, (restored if keep_probabilities else None)
+
+
+def export_case(probabilities: np.ndarray, properties: dict, plans: Plans, configuration: str,
+                output_file: Path, postprocessing: dict | None, save_probabilities: bool) -> None:
+    """Write ``output_file`` (and ``{case}.npz`` with ``probabilities`` (K, z, y, x)) atomically."""
+    geometry = Geometry.from_dict(properties["geometry"])
+    labels, restored = probabilities_to_labels(probabilities, properties, plans, configuration, save_probabilities)
+    labels = apply_postprocessing(np.ascontiguousarray(labels), postprocessing)
+    if save_probabilities:
+        # probabilities first: a case counts as finished once its label file exists
+        save_npz(probability_file(output_file), probabilities=restored)
+    write_image(labels, geometry, output_file)
+
+
+def probability_file(output_file: Path) -> Path:
+    name = output_file.name
+    for ending in (".nii.gz", ".gipl.gz"):
+        if name.endswith(ending):
+            return output_file.with_name(name[: -len(ending)] + ".npz")
+    return output_file.with_suffix(".npz")

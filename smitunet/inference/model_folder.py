@@ -1,0 +1,90 @@
+"""Locate trained models: ``results/DatasetXXX/TRAINER__PLANS__CONFIG/fold_F/checkpoint_{best,final}.pt``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from smitunet.errors import SmitunetError
+from smitunet.paths import resolve_dataset_name, results_dir
+
+_FOLD_RE = re.compile(r"^fold_(\d+|all)$")
+INFERENCE_INFORMATION_FILE = "inference_information.json"
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    folder: Path                 # .../DatasetXXX/TRAINER__PLANS__CONFIG
+    dataset: str
+    trainer: str
+    plans: str
+    configuration: str
+    folds: tuple[str, ...]       # folds holding the requested checkpoint
+
+    @property
+    def identifier(self) -> str:
+        return f"{self.dataset}/{self.folder.name}"
+
+    def checkpoint(self, fold: str, checkpoint_name: str) -> Path:
+        return self.folder / f"fold_{fold}" / f"checkpoint_{checkpoint_name}.pt"
+
+
+def _fold_sort_key(fold: str):
+    return (fold == "all", int(fold) if fold.isdigit() else 0)
+
+
+def trained_folds(model_dir: Path, checkpoint_name: str) -> tuple[str, ...]:
+    folds = []
+    for child in model_dir.iterdir() if model_dir.is_dir() else []:
+        m = _FOLD_RE.match(child.name)
+        if m and (child / f"checkpoint_{checkpoint_name}.pt").is_file():
+            folds.append(m.group(1))
+    return tuple(sorted(folds, key=_fold_sort_key))
+
+
+def find_trained_models(dataset: str | int | None = None, checkpoint_name: str = "final") -> list[TrainedModel]:
+    """Every model folder (in one dataset, or all) with at least one fold holding the checkpoint."""
+    base = results_dir()
+    if dataset is not None:
+        dataset_dirs = [base / resolve_dataset_name(dataset, search=("results", "raw", "preprocessed"))]
+    else:
+        dataset_dirs = sorted(p for p in base.iterdir() if p.is_dir() and p.name.startswith("Dataset")) \
+            if base.is_dir() else []
+    models = []
+    for ddir in dataset_dirs:
+        for mdir in sorted(p for p in ddir.iterdir() if p.is_dir()) if ddir.is_dir() else []:
+            parts = mdir.name.split("__")
+            if len(parts) != 3:
+                continue
+            folds = trained_folds(mdir, checkpoint_name)
+            if folds:
+                models.append(TrainedModel(mdir, ddir.name, parts[0], parts[1], parts[2], folds))
+    return models
+
+
+def select_model(dataset: str | int | None = None, configuration: str | None = None, trainer: str | None = None,
+                 plans: str | None = None, checkpoint_name: str = "final") -> TrainedModel:
+    """The single trained model matching the filters; a one-line error listing candidates otherwise."""
+    models = find_trained_models(dataset, checkpoint_name)
+    chosen = [m for m in models if (configuration is None or m.configuration == configuration)
+              and (trainer is None or m.trainer == trainer) and (plans is None or m.plans == plans)]
+    if len(chosen) == 1:
+        return chosen[0]
+    where = f"{results_dir()}" + (f" for dataset {dataset}" if dataset is not None else "")
+    if not chosen:
+        hint = f"; trained models: {', '.join(m.identifier for m in models)}" if models else \
+            " (train one with smitunet_train, or set $smitunet_results)"
+        raise SmitunetError(f"no trained model with checkpoint_{checkpoint_name}.pt matches in {where}{hint}")
+    raise SmitunetError(f"{len(chosen)} trained models match in {where}: "
+                        f"{', '.join(m.identifier for m in chosen)}; choose with -d / -c / -tr / -p")
+
+
+def resolve_folds(model: TrainedModel, folds: list[str] | None, checkpoint_name: str) -> list[str]:
+    if not folds:
+        return list(model.folds)
+    missing = [f for f in folds if f not in model.folds]
+    if missing:
+        raise SmitunetError(f"{model.folder}: fold(s) {', '.join(missing)} have no checkpoint_{checkpoint_name}.pt; "
+                            f"trained folds: {', '.join(model.folds) or 'none'}")
+    return [str(f) for f in folds]

@@ -1,0 +1,240 @@
+"""Prediction engine: preprocess like training, sliding window per fold, average softmax, export per case.
+
+Memory per case: the preprocessed input, one float32 logit volume per fold in flight (softmaxed in place and
+added to the running mean), then the export. Cases are written atomically, so an interrupted run leaves
+only finished files and ``continue_prediction`` picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from smitunet.checkpoint_io import load_checkpoint
+from smitunet.errors import SmitunetError
+from smitunet.evaluation.postprocessing import load_postprocessing
+from smitunet.imageio import read_channels
+from smitunet.inference.export import export_case, probability_file
+from smitunet.inference.inputs import InputCase, find_input_cases
+from smitunet.inference.sliding_window import predict_sliding_window
+from smitunet.networks import create_network
+from smitunet.plans import Plans
+
+
+@dataclass
+class PredictionOptions:
+    step_size: float = 0.5
+    use_tta: bool = True
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    precision: str = "auto"              # auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
+    tile_batch_size: int | None = None   # None: 4 on CUDA, 1 on CPU
+    save_probabilities: bool = False
+    continue_prediction: bool = False
+    num_parts: int = 1
+    part_id: int = 0
+    num_processes: int = 1               # background threads for reading/preprocessing and export; 0 = none
+    apply_postprocessing: bool = True
+    progress: bool | None = None         # None: when stderr is a terminal
+    stats: dict = field(default_factory=dict)  # filled with tiles / forward_seconds / seconds per case
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SmitunetError("--device cuda was requested but no CUDA GPU is available")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+class FoldEnsemble:
+    """One trained model (plans + configuration + network) and the weights of each of its folds."""
+
+    def __init__(self, checkpoint_files: Sequence[Path], device: torch.device):
+        if not checkpoint_files:
+            raise SmitunetError("no checkpoint to predict with")
+        self.device = device
+        self.state_dicts, reference = [], None
+        for path in checkpoint_files:
+            ckpt = _load_training_checkpoint(path)
+            if reference is None:
+                reference = ckpt
+                self.plans = Plans.from_dict(ckpt["plans"], source=f"{path} (plans)")
+                self.configuration = ckpt["configuration"]
+                self.network_config = ckpt["network"]
+                self.mirror_axes = tuple(ckpt.get("inference_mirror_axes", (0, 1, 2)))
+            elif ckpt["network"] != reference["network"] or ckpt["configuration"] != reference["configuration"]:
+                raise SmitunetError(f"{path}: network or configuration differs from {checkpoint_files[0]}; "
+                                    "folds of one model must share them")
+            self.state_dicts.append(ckpt["state_dict"])
+        self.config_plan = self.plans.configuration(self.configuration)
+        kwargs = dict(self.network_config["kwargs"])
+        kwargs["deep_supervision"] = False
+        self.network = create_network(self.network_config["name"], **kwargs).to(device).eval()
+        if hasattr(self.network, "deep_supervision"):
+            self.network.deep_supervision = False
+
+    @property
+    def num_classes(self) -> int:
+        return self.plans.num_classes
+
+    def predict_probabilities(self, data: np.ndarray, options: PredictionOptions) -> np.ndarray:
+        """Mean softmax over folds, float32 (K, z, y, x), in the preprocessed space."""
+        tile_batch = options.tile_batch_size or (4 if self.device.type == "cuda" else 1)
+        output_device = self._output_device(data.shape[1:])
+        tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+        mean = None
+        for state_dict in self.state_dicts:
+            self.network.load_state_dict(state_dict)
+            logits = predict_sliding_window(
+                self.network, tensor, self.config_plan.patch_size, self.num_classes, options.step_size,
+                self.mirror_axes if options.use_tta else None, tile_batch, self.device,
+                output_device=output_device, autocast_dtype=autocast_dtype(options.precision, self.device),
+                stats=options.stats, progress=options.progress)
+            _softmax_inplace(logits)
+            mean = logits if mean is None else mean.add_(logits)
+            del logits
+        mean /= len(self.state_dicts)
+        return mean.cpu().numpy()
+
+    def _output_device(self, spatial: Sequence[int]) -> torch.device:
+        """Accumulate on the GPU when two volumes of K channels fit comfortably; else on the CPU."""
+        if self.device.type != "cuda":
+            return self.device
+        needed = 2 * self.num_classes * int(np.prod(spatial)) * 4
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return self.device if needed < 0.5 * free else torch.device("cpu")
+
+
+def _load_training_checkpoint(path: Path) -> dict:
+    ckpt = load_checkpoint(path)
+    missing = [k for k in ("network", "state_dict", "plans", "configuration") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing or ckpt.get("format") != "smitunet":
+        raise SmitunetError(f"{path}: not a smitunet training checkpoint (missing {', '.join(missing) or 'format'})")
+    return ckpt
+
+
+def _softmax_inplace(logits: torch.Tensor) -> None:
+    """Softmax over the class axis without allocating another (K, z, y, x) volume."""
+    logits.sub_(logits.max(0, keepdim=True).values)
+    logits.exp_()
+    logits.div_(logits.sum(0, keepdim=True))
+
+
+def output_file_for(case: InputCase, output_dir: Path) -> Path:
+    return output_dir / f"{case.name}{case.output_ending}"
+
+
+def select_cases(cases: list[InputCase], output_dir: Path, options: PredictionOptions) -> tuple[list[InputCase], int]:
+    """This worker's share of the cases, minus finished ones when continuing; also the number skipped."""
+    if not 0 <= options.part_id < options.num_parts:
+        raise SmitunetError(f"--part_id {options.part_id} must be in 0..{options.num_parts - 1}")
+    mine = cases[options.part_id::options.num_parts]
+    if not options.continue_prediction:
+        return mine, 0
+    todo = [c for c in mine if not _finished(c, output_dir, options.save_probabilities)]
+    return todo, len(mine) - len(todo)
+
+
+def _finished(case: InputCase, output_dir: Path, need_probabilities: bool) -> bool:
+    out = output_file_for(case, output_dir)
+    return out.is_file() and (not need_probabilities or probability_file(out).is_file())
+
+
+class Predictor:
+    """Predict folders of cases with one trained model (all its chosen folds)."""
+
+    def __init__(self, checkpoint_files: Sequence[Path], options: PredictionOptions | None = None,
+                 postprocessing: dict | None = None):
+        self.options = options or PredictionOptions()
+        self.device = resolve_device(self.options.device)
+        self.model = FoldEnsemble([Path(p) for p in checkpoint_files], self.device)
+        self.postprocessing = postprocessing if self.options.apply_postprocessing else None
+
+    @classmethod
+    def from_model_folder(cls, model_dir: Path, folds: Sequence[str], checkpoint_name: str = "final",
+                          options: PredictionOptions | None = None) -> "Predictor":
+        files = [Path(model_dir) / f"fold_{f}" / f"checkpoint_{checkpoint_name}.pt" for f in folds]
+        return cls(files, options, load_postprocessing(model_dir))
+
+    def preprocess(self, case: InputCase):
+        from smitunet.preprocessing.preprocessor import preprocess_case
+
+        data, geometry = read_channels(case.channels)
+        data, _, properties = preprocess_case(data, geometry, self.model.plans, self.model.configuration)
+        return data, properties
+
+    def predict_case(self, data: np.ndarray) -> np.ndarray:
+        return self.model.predict_probabilities(data, self.options)
+
+    def export(self, probabilities: np.ndarray, properties: dict, output_file: Path) -> None:
+        export_case(probabilities, properties, self.model.plans, self.model.configuration, output_file,
+                    self.postprocessing, self.options.save_probabilities)
+
+    def predict_folder(self, input_path: str | Path, output_dir: str | Path) -> list[Path]:
+        """Predict every (remaining) case of ``input_path`` into ``output_dir``; returns the files written."""
+        output_dir = Path(output_dir)
+        cases = find_input_cases(input_path, self.model.plans.num_channels)
+        todo, skipped = select_cases(cases, output_dir, self.options)
+        if skipped:
+            print(f"continuing: {skipped} case(s) already predicted, {len(todo)} to go", file=sys.stderr)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if self.options.num_processes <= 0:
+            return [self._run_one(case, output_dir) for case in self._progress(todo)]
+        return self._pipelined(todo, output_dir)
+
+    def _run_one(self, case: InputCase, output_dir: Path) -> Path:
+        start = time.perf_counter()
+        data, properties = self.preprocess(case)
+        out = output_file_for(case, output_dir)
+        self.export(self.predict_case(data), properties, out)
+        self._record(case, start)
+        return out
+
+    def _pipelined(self, todo: list[InputCase], output_dir: Path) -> list[Path]:
+        """Read/preprocess ahead and export behind the network in threads (bounded: no pile-up of volumes)."""
+        n = self.options.num_processes
+        written, exports = [], deque()
+        with ThreadPoolExecutor(n) as readers, ThreadPoolExecutor(n) as writers:
+            pending = deque(readers.submit(self.preprocess, c) for c in todo[:n])
+            for i, case in enumerate(self._progress(todo)):
+                start = time.perf_counter()
+                data, properties = pending.popleft().result()
+                if i + n < len(todo):
+                    pending.append(readers.submit(self.preprocess, todo[i + n]))
+                probabilities = self.predict_case(data)
+                del data
+                out = output_file_for(case, output_dir)
+                exports.append(writers.submit(self.export, probabilities, properties, out))
+                del probabilities
+                while len(exports) > n:
+                    exports.popleft().result()
+                self._record(case, start)
+                written.append(out)
+            for fut in exports:
+                fut.result()
+        return written
+
+    def _progress(self, todo):
+        show = sys.stderr.isatty() if self.options.progress is None else self.options.progress
+        return tqdm(todo, desc="cases", disable=not show)
+
+    def _record(self, case: InputCase, start: float) -> None:
+        self.options.stats.setdefault("case_seconds", {})[case.name] = time.perf_counter() - start

@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+import torch
+
+from smitunet.errors import SmitunetError
+from smitunet.imageio import Geometry, read_image, write_image
+from smitunet.inference.cli import main as predict_main
+from smitunet.inference.predictor import PredictionOptions, Predictor
+from smitunet.preprocessing.preprocessor import preprocess_case
+from test_predict_helpers import save_tiny_model, tiny_plans
+
+OBLIQUE = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def _write_case(folder, name, geo, channels=1, raw_naming=True, ending=".nii.gz", seed=0):
+    rng = np.random.default_rng(seed)
+    for c in range(channels):
+        arr = rng.normal(100, 30, geo.shape_zyx).astype(np.float32)
+        fname = f"{name}_{c:04d}{ending}" if raw_naming else f"{name}{ending}"
+        write_image(arr, geo, folder / fname)
+
+
+def _assert_same_geometry(pred_file, geo):
+    labels, got = read_image(pred_file)
+    assert got.matches(geo, tol=1e-6) is None, (pred_file, got, geo)
+    assert labels.shape == geo.shape_zyx
+    return labels
+
+
+def test_raw_named_multichannel_folder_round_trips_geometry(smitunet_dirs, tmp_path):
+    plans = tiny_plans(num_channels=2, spacing=(1.5, 1.0, 1.0))   # forces resampling back
+    save_tiny_model(smitunet_dirs["results"], plans, folds=(0, 1))
+    inp = tmp_path / "in"
+    geos = {"a": Geometry((0.9, 1.1, 2.0), (-5.0, 12.5, 3.0), OBLIQUE, (21, 18, 9)),
+            "b": Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (11, 7, 13))}
+    for name, geo in geos.items():
+        _write_case(inp, name, geo, channels=2)
+    predict_main(["-i", str(inp), "-o", str(tmp_path / "out"), "--disable_tta", "--save_probabilities",
+                  "-npp", "0"])
+    for name, geo in geos.items():
+        labels = _assert_same_geometry(tmp_path / "out" / f"{name}.nii.gz", geo)
+        assert set(np.unique(labels)) <= {0, 1, 2}
+        with np.load(tmp_path / "out" / f"{name}.npz", allow_pickle=False) as npz:
+            probs = npz["probabilities"]
+        assert probs.shape == (3, *geo.shape_zyx) and probs.dtype == np.float32
+        np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
+        np.testing.assert_array_equal(probs.argmax(0), labels)
+    assert (tmp_path / "out" / "prediction_settings.json").is_file()
+    assert not [p for p in (tmp_path / "out").iterdir() if ".part" in p.name]
+
+
+def test_plain_files_keep_their_format(smitunet_dirs, tmp_path):
+    save_tiny_model(smitunet_dirs["results"], tiny_plans())
+    inp = tmp_path / "plain"
+    geo_nrrd = Geometry((0.7, 0.8, 1.3), (1.0, 2.0, -3.0), OBLIQUE, (17, 19, 12))
+    geo_nii = Geometry((1.0, 1.0, 1.0), (4.0, 5.0, 6.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (20, 20, 20))
+    _write_case(inp, "scan_one", geo_nrrd, raw_naming=False, ending=".nrrd")
+    _write_case(inp, "patient7", geo_nii, raw_naming=False, ending=".nii.gz")
+    predict_main(["-i", str(inp), "-o", str(tmp_path / "out"), "--disable_tta", "-npp", "1"])
+    _assert_same_geometry(tmp_path / "out" / "scan_one.nrrd", geo_nrrd)
+    _assert_same_geometry(tmp_path / "out" / "patient7.nii.gz", geo_nii)
+
+
+def test_fold_probabilities_are_averaged_softmaxes(smitunet_dirs):
+    plans = tiny_plans()
+    model_dir = save_tiny_model(smitunet_dirs["results"], plans, folds=(0, 1, 2))
+    options = PredictionOptions(use_tta=False, device="cpu", num_processes=0)
+    both = Predictor.from_model_folder(model_dir, ["0", "2"], options=options)
+    singles = [Predictor.from_model_folder(model_dir, [f], options=options) for f in ("0", "2")]
+    data = np.random.default_rng(1).normal(size=(1, 20, 18, 16)).astype(np.float32)
+    mean = both.predict_case(data)
+    expected = (singles[0].predict_case(data) + singles[1].predict_case(data)) / 2
+    np.testing.assert_allclose(mean, expected, atol=1e-6)
+    assert not np.allclose(singles[0].predict_case(data), singles[1].predict_case(data))
+    np.testing.assert_allclose(mean.sum(0), 1.0, atol=1e-5)
+
+
+def test_model_selection_errors_list_candidates(smitunet_dirs, tmp_path, capsys):
+    inp = tmp_path / "in"
+    _write_case(inp, "c", Geometry((1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (16, 16, 16)))
+    with pytest.raises(SystemExit):
+        predict_main(["-i", str(inp), "-o", str(tmp_path / "o")])
+    assert "no trained model with checkpoint_final.pt" in capsys.readouterr().err
+    save_tiny_model(smitunet_dirs["results"], tiny_plans(), trainer="SMITTrainer")
+    save_tiny_model(smitunet_dirs["results"], tiny_plans(), trainer="ConvUNetTrainer")
+    with pytest.raises(SystemExit):
+        predict_main(["-i", str(inp), "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert "2 trained models match" in err and "ConvUNetTrainer__smitunetPlans__3d_fullres" in err
+    with pytest.raises(SystemExit):
+        predict_main(["-i", str(inp), "-o", str(tmp_path / "o"), "-tr", "SMITTrainer", "-f", "3"])
+    assert "fold(s) 3 have no checkpoint_final.pt; trained folds: 0" in capsys.readouterr().err
+    predict_main(["-i", str(inp), "-o", str(tmp_path / "o"), "-d", "990", "-tr", "SMITTrainer", "--disable_tta"])
+    assert (tmp_path / "o" / "c.nii.gz").is_file()
+
+
+def test_channel_count_mismatch_is_clear(smitunet_dirs, tmp_path):
+    save_tiny_model(smitunet_dirs["results"], tiny_plans(num_channels=2))
+    inp = tmp_path / "in"
+    _write_case(inp, "c", Geometry((1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (8, 8, 8)), channels=1)
+    with pytest.raises(SmitunetError, match="case c has 1 channel file.*needs 2"):
+        Predictor.from_model_folder(smitunet_dirs["results"] / "Dataset990_Tiny" /
+                                    "SMITTrainer__smitunetPlans__3d_fullres", ["0"]).predict_folder(inp, tmp_path / "o")
+
+
+def test_parts_split_cases_between_workers(smitunet_dirs, tmp_path):
+    save_tiny_model(smitunet_dirs["results"], tiny_plans())
+    inp = tmp_path / "in"
+    geo = Geometry((1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (8, 9, 10))
+    for i in range(5):
+        _write_case(inp, f"case{i}", geo)
+    predict_main(["-i", str(inp), "-o", str(tmp_path / "o"), "--disable_tta", "--num_parts", "2", "--part_id", "1"])
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.nii.gz")) == ["case1.nii.gz", "case3.nii.gz"]
+    predict_main(["-i", str(inp), "-o", str(tmp_path / "o"), "--disable_tta", "--num_parts", "2", "--part_id", "0"])
+    assert len(list((tmp_path / "o").glob("*.nii.gz"))) == 5
