@@ -1,0 +1,125 @@
+"""Per-case integrity checks of a raw dataset.
+
+``read_checked_case`` reads one case and returns its arrays together with every fault found (one line each,
+naming the case): unreadable or truncated files, non-3D or multi-component images, NaN/Inf voxels, channels
+or label whose size/spacing/origin/direction differ, label values that are not integers or not declared in
+dataset.json. The fingerprint pass calls it on every case, so the checks cost no extra read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from smitunet.errors import SmitunetError
+from smitunet.imageio import Geometry, read_image
+
+_CHUNK = 1 << 22  # voxels per chunk for whole-volume scans, keeps temporaries small on large CTs
+
+
+@dataclass
+class CheckedCase:
+    case: str
+    data: np.ndarray | None = None          # (C, z, y, x) in the file's dtype(s) promoted to float32 lazily
+    geometry: Geometry | None = None
+    seg: np.ndarray | None = None           # (z, y, x) integer labels
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _read(case: str, path: Path, out: CheckedCase):
+    try:
+        return read_image(path)
+    except SmitunetError as exc:
+        out.problems.append(f"case {case}: {exc}")
+        return None, None
+
+
+def _chunks(arr: np.ndarray):
+    flat = arr.reshape(-1)
+    for start in range(0, flat.size, _CHUNK):
+        yield flat[start:start + _CHUNK]
+
+
+def all_finite(arr: np.ndarray) -> bool:
+    if not np.issubdtype(arr.dtype, np.floating):
+        return True
+    return all(bool(np.isfinite(c).all()) for c in _chunks(arr))
+
+
+def label_values(arr: np.ndarray) -> tuple[set[int], bool]:
+    """The distinct values of a label image and whether they are all integers (chunked: lean on big CTs)."""
+    values: set[int] = set()
+    integral = True
+    for chunk in _chunks(arr):
+        if np.issubdtype(chunk.dtype, np.floating):
+            if not np.isfinite(chunk).all() or not np.array_equal(chunk, np.floor(chunk)):
+                integral = False
+                values.update(float(v) for v in np.unique(chunk)[:5])
+                break
+            chunk = chunk.astype(np.int64)
+        lo = int(chunk.min())
+        if lo >= 0 and int(chunk.max()) < 65536:
+            counts = np.bincount(chunk.astype(np.intp, copy=False))
+            values.update(int(v) for v in np.flatnonzero(counts))
+        else:
+            values.update(int(v) for v in np.unique(chunk))
+    return values, integral
+
+
+def read_checked_case(case: str, images: list[Path], label: Path | None,
+                      allowed_labels: set[int] | None) -> CheckedCase:
+    """Read a case's channels (and label) and check them; faults go to ``.problems``, one line each."""
+    out = CheckedCase(case)
+    arrays = []
+    for path in images:
+        arr, geo = _read(case, path, out)
+        if arr is None:
+            continue
+        if out.geometry is None:
+            out.geometry = geo
+        elif (diff := out.geometry.matches(geo)) is not None:
+            out.problems.append(f"case {case}: channel {Path(path).name} differs from {Path(images[0]).name}: {diff}")
+        if not all_finite(arr):
+            out.problems.append(f"case {case}: {Path(path).name} contains NaN or Inf voxels")
+        arrays.append(arr)
+    if out.problems:
+        return out
+    out.data = np.stack(arrays) if len(arrays) > 1 else arrays[0][None]
+    if label is not None:
+        _check_label(case, label, allowed_labels, out)
+    return out
+
+
+def _check_label(case: str, label: Path, allowed: set[int] | None, out: CheckedCase) -> None:
+    seg, geo = _read(case, label, out)
+    if seg is None:
+        return
+    if (diff := out.geometry.matches(geo)) is not None:
+        out.problems.append(f"case {case}: label {Path(label).name} differs from the image: {diff}")
+        return
+    values, integral = label_values(seg)
+    if not integral:
+        out.problems.append(f"case {case}: label {Path(label).name} has non-integer values "
+                            f"(e.g. {sorted(values)[:3]})")
+        return
+    if allowed is not None and (unknown := sorted(values - allowed)):
+        out.problems.append(f"case {case}: label {Path(label).name} has value(s) {unknown} not in dataset.json "
+                            f"labels {sorted(allowed)}")
+        return
+    if values <= {0}:
+        out.warnings.append(f"case {case}: label is all background")
+    out.seg = seg if np.issubdtype(seg.dtype, np.integer) else seg.astype(np.int16)
+
+
+def check_case_files(case: str, images: list[Path], label: Path | None,
+                     allowed_labels: set[int] | None) -> tuple[list[str], list[str]]:
+    """Only the faults of one case (used for test images, whose arrays are not kept)."""
+    checked = read_checked_case(case, images, label, allowed_labels)
+    return checked.problems, checked.warnings

@@ -1,0 +1,242 @@
+"""Experiment planning for the SMIT Swin U-Net: spacing, patch, per-stage merges and batch size.
+
+Network geometry (see docs/CONTRACTS.md): a fixed 2x2x2 patch embedding, then after each Swin layer a patch
+merge whose stride is 1 or 2 per axis. An axis is merged only while its deepest feature map keeps at least
+``MIN_FEATURE_SIZE`` voxels of real image, so a 35-voxel axis gets a total stride of 8 (patch 40) instead
+of being padded to 64; the number of Swin layers used is the largest number of merges any axis takes.
+The patch starts as the median image and shrinks, physically longest axis first, until a batch of two fits
+the memory target; the batch then grows while it fits and covers at most 5 % of the dataset's voxels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from smitunet.errors import SmitunetError
+from smitunet.plans import DEFAULT_PLANS_NAME, ConfigurationPlan, NetworkConfig, Plans
+from smitunet.preprocessing.normalization import scheme_for_channel
+from smitunet.preprocessing.resampling import ANISOTROPY_THRESHOLD
+
+DEFAULT_PRESET = "smit_small"
+DEFAULT_GPU_MEMORY_GB = 8.0
+PATCH_EMBED_STRIDE = 2
+MIN_FEATURE_SIZE = 4          # deepest feature map, voxels of real image per axis
+MIN_BATCH_SIZE = 2
+MAX_DATASET_FRACTION = 0.05   # one batch covers at most this fraction of the dataset's voxels
+LOWRES_COVERAGE = 0.25        # 3d_lowres when the full-resolution patch covers less of the median image
+LOWRES_SPACING_STEP = 1.03
+
+
+def _get_preset(name: str) -> dict[str, Any]:
+    from smitunet.networks.registry import get_preset  # lazy: keeps torch out of the workers
+
+    return dict(get_preset(name))
+
+
+def _estimate_memory(network: NetworkConfig, batch_size: int) -> int:
+    from smitunet.networks.memory import estimate_training_memory_bytes
+
+    return int(estimate_training_memory_bytes(network, batch_size))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# spacing
+
+def target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[Sequence[int]],
+                   threshold: float = ANISOTROPY_THRESHOLD) -> list[float]:
+    """Median spacing; a much coarser axis (> threshold x the others) gets its 10th percentile (nnU-Net)."""
+    spacings = np.asarray(spacings, dtype=float)
+    target = np.median(spacings, axis=0)
+    median_shape = np.median(np.asarray(shapes, dtype=float), axis=0)
+    worst = int(np.argmax(target))
+    others = [a for a in range(3) if a != worst]
+    aniso_spacing = target[worst] > threshold * max(target[others])
+    aniso_voxels = median_shape[worst] * threshold < min(median_shape[others])
+    if aniso_spacing and aniso_voxels:
+        value = np.percentile(spacings[:, worst], 10)
+        if value < max(target[others]):
+            value = max(max(target[others]), value) + 1e-5
+        target[worst] = value
+    return [float(v) for v in target]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# network geometry
+
+def axis_merges(size: float, max_merges: int, min_feature: int = MIN_FEATURE_SIZE) -> int:
+    """Patch merges along an axis of ``size`` voxels that keep >= min_feature real voxels at the bottom."""
+    ratio = size / (PATCH_EMBED_STRIDE * min_feature)
+    return 0 if ratio < 2 else int(min(max_merges, math.floor(math.log2(ratio))))
+
+
+def merge_schedule(merges: Sequence[int], spacing: Sequence[float], num_stages: int) -> list[list[int]]:
+    """Per-stage merge strides: at each stage merge the axes that are not coarser than 2x the finest one
+    (nnU-Net's rule, so anisotropic axes wait), unless an axis must merge now to get its merges in."""
+    remaining = list(merges)
+    current = [s * PATCH_EMBED_STRIDE for s in spacing]
+    schedule = []
+    for stage in range(num_stages):
+        left = num_stages - stage
+        candidates = [a for a in range(3) if remaining[a] > 0]
+        finest = min((current[a] for a in candidates), default=0.0)
+        step = [1, 1, 1]
+        for a in candidates:
+            if remaining[a] >= left or current[a] <= 2 * finest:
+                step[a] = 2
+                remaining[a] -= 1
+                current[a] *= 2
+        schedule.append(step)
+    return schedule
+
+
+def network_geometry(sizes: Sequence[float], spacing: Sequence[float], max_stages: int,
+                     min_feature: int = MIN_FEATURE_SIZE) -> tuple[list[int], int, list[list[int]]]:
+    """(patch_size, num_stages, strides) for an image region of ``sizes`` voxels (z, y, x)."""
+    merges = [axis_merges(s, max_stages, min_feature) for s in sizes]
+    num_stages = max(1, max(merges))
+    strides = [[PATCH_EMBED_STRIDE] * 3] + merge_schedule(merges, spacing, num_stages)
+    total = [int(np.prod([s[a] for s in strides])) for a in range(3)]
+    patch = [int(math.ceil(max(s, 1) / t) * t) for s, t in zip(sizes, total)]
+    return patch, num_stages, strides
+
+
+def network_config(preset_name: str, preset: dict, in_channels: int, num_classes: int, patch: list[int],
+                   num_stages: int, strides: list[list[int]]) -> NetworkConfig:
+    return NetworkConfig(name=preset_name, kwargs={**preset, "in_channels": in_channels, "num_classes": num_classes,
+                                                   "patch_size": list(patch), "num_stages": num_stages,
+                                                   "strides": strides, "deep_supervision": True})
+
+
+def stage_layout(patch: Sequence[int], strides: list[list[int]], window: Any) -> list[dict[str, Any]]:
+    """Per Swin layer: its feature map size, attention window (clipped to the map) and merge stride after."""
+    windows = list(window) if isinstance(window, (list, tuple)) else [window] * 3
+    shape = [p // s for p, s in zip(patch, strides[0])]
+    layout = []
+    for merge in strides[1:]:
+        layout.append({"feature_size": list(shape), "window": [min(w, s) for w, s in zip(windows, shape)],
+                       "merge_stride": list(merge)})
+        shape = [s // m for s, m in zip(shape, merge)]
+    layout.append({"feature_size": list(shape), "bottleneck": True})
+    return layout
+
+
+# ---------------------------------------------------------------------------------------------------------
+# patch and batch under a memory target
+
+class _Sizer:
+    """Finds the largest patch and batch that fit the memory target for one spacing."""
+
+    def __init__(self, preset_name: str, preset: dict, in_channels: int, num_classes: int, budget_bytes: float):
+        self.preset_name, self.preset = preset_name, preset
+        self.in_channels, self.num_classes, self.budget = in_channels, num_classes, budget_bytes
+        self.max_stages = len(preset.get("depths", [])) or 4
+
+    def config(self, sizes, spacing):
+        patch, stages, strides = network_geometry(sizes, spacing, self.max_stages)
+        return network_config(self.preset_name, self.preset, self.in_channels, self.num_classes, patch, stages,
+                              strides)
+
+    def fit_patch(self, median_shape: Sequence[float], spacing: Sequence[float]) -> NetworkConfig:
+        sizes = [float(s) for s in median_shape]
+        cfg = self.config(sizes, spacing)
+        while _estimate_memory(cfg, MIN_BATCH_SIZE) > self.budget:
+            patch = cfg.kwargs["patch_size"]
+            shrinkable = [a for a in range(3) if sizes[a] > PATCH_EMBED_STRIDE * MIN_FEATURE_SIZE]
+            if not shrinkable:
+                break  # smallest sensible patch; the memory target is simply too small
+            axis = max(shrinkable, key=lambda a: (patch[a] * spacing[a], patch[a]))
+            total = int(np.prod([s[axis] for s in cfg.kwargs["strides"]]))
+            sizes[axis] = max(PATCH_EMBED_STRIDE * MIN_FEATURE_SIZE,
+                              min(patch[axis] - total, int(patch[axis] * 0.9)))
+            cfg = self.config(sizes, spacing)
+        return cfg
+
+    def batch_size(self, cfg: NetworkConfig, dataset_voxels: float) -> tuple[int, float]:
+        """Largest batch within the memory target and the dataset-fraction cap, at least MIN_BATCH_SIZE."""
+        patch_voxels = float(np.prod(cfg.kwargs["patch_size"]))
+        cap = max(MIN_BATCH_SIZE, int(MAX_DATASET_FRACTION * dataset_voxels / patch_voxels))
+        # Memory grows linearly with the batch (parameters fixed, activations per sample): two estimates suffice.
+        two, one = _estimate_memory(cfg, MIN_BATCH_SIZE), _estimate_memory(cfg, 1)
+        per_sample = max(two - one, 1)
+        fixed = one - per_sample
+        bs = int(max(MIN_BATCH_SIZE, min(cap, (self.budget - fixed) // per_sample)))
+        return bs, (fixed + bs * per_sample) / 1024 ** 3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the plans
+
+def _shapes_at(fingerprint: dict, spacing: Sequence[float]) -> np.ndarray:
+    shapes = np.asarray(fingerprint["shapes_after_crop"], dtype=float)
+    spacings = np.asarray(fingerprint["spacings"], dtype=float)
+    return shapes * spacings / np.asarray(spacing, dtype=float)
+
+
+def _configuration(name: str, plans_name: str, spacing: list[float], fingerprint: dict, sizer: _Sizer,
+                   normalization: list[str], use_mask: list[bool]) -> ConfigurationPlan:
+    shapes = _shapes_at(fingerprint, spacing)
+    median_shape = [int(round(v)) for v in np.median(shapes, axis=0)]
+    cfg = sizer.fit_patch(median_shape, spacing)
+    batch, memory_gb = sizer.batch_size(cfg, float(np.prod(shapes, axis=1).sum()))
+    return ConfigurationPlan(data_identifier=f"{plans_name}_{name}", spacing=[float(s) for s in spacing],
+                             patch_size=list(cfg.kwargs["patch_size"]), batch_size=int(batch),
+                             median_image_shape=median_shape, normalization=normalization,
+                             use_mask_for_norm=use_mask, network=cfg, estimated_memory_gb=round(memory_gb, 3))
+
+
+def _coverage(c: ConfigurationPlan) -> float:
+    return float(np.prod(c.patch_size) / np.prod(c.median_image_shape))
+
+
+def _lowres(fullres: ConfigurationPlan, plans_name: str, fingerprint: dict, sizer: _Sizer,
+            normalization: list[str], use_mask: list[bool]) -> ConfigurationPlan | None:
+    """A coarser configuration whose patch covers >= LOWRES_COVERAGE of its median image (nnU-Net style)."""
+    spacing = np.asarray(fullres.spacing, dtype=float)
+    for _ in range(200):
+        # Coarsen the axes more than 2x finer than the coarsest first, so lowres data becomes more isotropic.
+        fine = spacing.max() / spacing > 2
+        spacing = np.where(fine, spacing * LOWRES_SPACING_STEP, spacing) if fine.any() else spacing * LOWRES_SPACING_STEP
+        median = np.median(_shapes_at(fingerprint, spacing), axis=0)
+        if np.prod(median) * LOWRES_COVERAGE <= np.prod(fullres.patch_size):
+            low = _configuration("3d_lowres", plans_name, [float(s) for s in spacing], fingerprint, sizer,
+                                 normalization, use_mask)
+            return low if _coverage(low) >= LOWRES_COVERAGE * 0.9 else None
+    return None
+
+
+def plan_experiment(dataset_name: str, dataset_json: dict, fingerprint: dict, *, preset: str = DEFAULT_PRESET,
+                    plans_name: str = DEFAULT_PLANS_NAME,
+                    gpu_memory_target_gb: float = DEFAULT_GPU_MEMORY_GB) -> Plans:
+    """Make the plans for a dataset from its fingerprint (pure: writes nothing)."""
+    if gpu_memory_target_gb <= 0:
+        raise SmitunetError(f"--gpu_memory_target must be positive, got {gpu_memory_target_gb}")
+    preset_kwargs = _get_preset(preset)
+    channels = {str(k): v for k, v in dataset_json["channel_names"].items()}
+    labels = {str(k): int(v) for k, v in dataset_json["labels"].items()}
+    sizer = _Sizer(preset, preset_kwargs, len(channels), len(labels), gpu_memory_target_gb * 1024 ** 3)
+    normalization = [scheme_for_channel(channels[str(c)]) for c in range(len(channels))]
+    cropped_a_lot = fingerprint["median_relative_size_after_cropping"] < 0.75
+    use_mask = [n == "ZScore" and cropped_a_lot for n in normalization]
+    spacing = target_spacing(fingerprint["spacings"], fingerprint["shapes_after_crop"])
+    configs = {"3d_fullres": _configuration("3d_fullres", plans_name, spacing, fingerprint, sizer,
+                                            normalization, use_mask)}
+    if _coverage(configs["3d_fullres"]) < LOWRES_COVERAGE:
+        low = _lowres(configs["3d_fullres"], plans_name, fingerprint, sizer, normalization, use_mask)
+        if low is not None:
+            configs["3d_lowres"] = low
+    window = preset_kwargs.get("window_size", 4)
+    return Plans(
+        dataset_name=dataset_name, plans_name=plans_name, channel_names=channels, labels=labels,
+        file_ending=dataset_json["file_ending"],
+        original_median_spacing=[float(v) for v in np.median(np.asarray(fingerprint["spacings"]), axis=0)],
+        original_median_shape=[int(round(v)) for v in np.median(np.asarray(fingerprint["shapes_after_crop"]), axis=0)],
+        foreground_intensity_properties=fingerprint["foreground_intensity_properties_per_channel"],
+        configurations=configs,
+        planner={"preset": preset, "gpu_memory_target_gb": gpu_memory_target_gb,
+                 "min_feature_size": MIN_FEATURE_SIZE, "max_dataset_fraction_per_batch": MAX_DATASET_FRACTION,
+                 "stage_layout": {name: stage_layout(c.patch_size, c.network.kwargs["strides"], window)
+                                  for name, c in configs.items()}},
+    )

@@ -1,0 +1,87 @@
+"""The preprocessed store: per case ``{case}.npy``, ``{case}_seg.npy``, ``{case}.json``, ``{case}_locations.npz``.
+
+Cases are written in parallel, every file atomically, the properties JSON last: a case whose JSON exists with
+the current ``preprocessing_hash`` is finished and a re-run skips it. The hash covers only what changes the
+preprocessed arrays (spacing, normalization, intensity statistics, labels), not the patch or batch size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smitunet.imageio import read_channels, read_image
+from smitunet.plans import Plans
+from smitunet.preprocessing.fingerprint import case_seed
+from smitunet.preprocessing.parallel import CasePool
+from smitunet.preprocessing.preprocessor import preprocess_case
+from smitunet.utils.files import load_json, save_json, save_npy, save_npz
+
+MAX_LOCATIONS_PER_CLASS = 10_000
+
+
+def preprocessing_hash(plans: Plans, configuration: str) -> str:
+    c = plans.configuration(configuration)
+    relevant = {"spacing": c.spacing, "normalization": c.normalization, "use_mask_for_norm": c.use_mask_for_norm,
+                "orders": [c.resampling_order_data, c.resampling_order_seg], "aniso": c.anisotropy_threshold,
+                "intensities": plans.foreground_intensity_properties, "labels": plans.labels,
+                "channels": plans.channel_names, "version": plans.version}
+    return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def class_locations(seg: np.ndarray, classes: list[int], seed: int) -> dict[str, np.ndarray]:
+    """``class_{k}``: int32 (N, 3) zyx coordinates of up to MAX_LOCATIONS_PER_CLASS voxels of class k."""
+    rng = np.random.default_rng(seed)
+    flat = seg.reshape(-1)
+    out = {}
+    for k in classes:
+        index = np.flatnonzero(flat == k)
+        if index.size > MAX_LOCATIONS_PER_CLASS:
+            index = np.sort(rng.choice(index, size=MAX_LOCATIONS_PER_CLASS, replace=False))
+        out[f"class_{k}"] = np.stack(np.unravel_index(index, seg.shape), axis=1).astype(np.int32)
+    return out
+
+
+def case_files(out_dir: Path, case: str) -> dict[str, Path]:
+    return {"data": out_dir / f"{case}.npy", "seg": out_dir / f"{case}_seg.npy",
+            "properties": out_dir / f"{case}.json", "locations": out_dir / f"{case}_locations.npz"}
+
+
+def is_finished(out_dir: Path, case: str, digest: str) -> bool:
+    files = case_files(out_dir, case)
+    if not all(p.is_file() for p in files.values()):
+        return False
+    try:
+        return load_json(files["properties"]).get("preprocessing_hash") == digest
+    except ValueError:
+        return False
+
+
+def _preprocess_one(item: tuple[str, dict], plans: Plans, configuration: str, out_dir: Path,
+                    digest: str) -> str:
+    case, entry = item
+    data, geometry = read_channels(entry["images"])
+    seg, _ = read_image(entry["label"])
+    data, seg, properties = preprocess_case(data, geometry, plans, configuration, seg)
+    files = case_files(out_dir, case)
+    save_npy(data, files["data"])
+    save_npy(seg, files["seg"])
+    save_npz(files["locations"], **class_locations(seg[0], plans.foreground_labels, case_seed(case)))
+    save_json({**properties, "preprocessing_hash": digest}, files["properties"])  # last: marks the case done
+    return case
+
+
+def preprocess_dataset(cases: dict[str, dict], plans: Plans, configuration: str, out_dir: Path,
+                       pool: CasePool, force: bool = False) -> dict[str, Any]:
+    """Preprocess every unfinished case (every case with ``force``) into ``out_dir``; returns counts."""
+    digest = preprocessing_hash(plans, configuration)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [(c, cases[c]) for c in sorted(cases) if force or not is_finished(out_dir, c, digest)]
+    work = partial(_preprocess_one, plans=plans, configuration=configuration, out_dir=out_dir, digest=digest)
+    done = sum(1 for _ in pool.imap(work, todo, total=len(todo), desc=f"preprocess {configuration}"))
+    return {"preprocessed": done, "skipped": len(cases) - len(todo)}
