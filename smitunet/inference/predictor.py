@@ -150,7 +150,17 @@ def select_cases(cases: list[InputCase], output_dir: Path, options: PredictionOp
     if not options.continue_prediction:
         return mine, 0
     todo = [c for c in mine if not _finished(c, output_dir, options.save_probabilities)]
+    for case in todo:
+        _remove_stale_temporaries(case, output_dir)
     return todo, len(mine) - len(todo)
+
+
+def _remove_stale_temporaries(case: InputCase, output_dir: Path) -> None:
+    """Temp files of a killed run (atomic_path's ``.{name}.*.part*``); only this worker's cases are touched."""
+    out = output_file_for(case, output_dir)
+    for name in (out.name, probability_file(out).name):
+        for stale in output_dir.glob(f".{name}.*.part*"):
+            stale.unlink(missing_ok=True)
 
 
 def _finished(case: InputCase, output_dir: Path, need_probabilities: bool) -> bool:
