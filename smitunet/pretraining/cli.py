@@ -1,0 +1,138 @@
+"""``smitunet_pretrain``: self-supervised SMIT pretraining of the Swin encoder on unlabelled images (also under
+torchrun). Writes ``smit.pt`` for ``smitunet_train --pretrained``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from smitunet.errors import SmitunetError, cli_entry
+from smitunet.networks.registry import get_preset, is_swin
+from smitunet.plans import Plans
+from smitunet.pretraining.config import METHODS, PretrainSettings
+from smitunet.pretraining.data import (PRETRAIN_CONFIGURATION, collect_sources, derived_plans,
+                                       preprocess_sources)
+from smitunet.plans import NetworkConfig
+from smitunet.pretraining.trainer import PretrainingRun, RunOptions
+from smitunet.training.distributed import barrier, init_distributed, shutdown_distributed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = PretrainSettings()
+    p = argparse.ArgumentParser(prog="smitunet_pretrain", description=__doc__.split("\n\n")[0])
+    p.add_argument("-o", "--output", type=Path, required=True, help="output checkpoint, e.g. smit.pt")
+    p.add_argument("-d", nargs="+", default=[], metavar="DATASET", help="raw dataset ids/names (labels ignored)")
+    p.add_argument("-i", nargs="+", default=[], type=Path, metavar="FOLDER",
+                   help="folders of images (any SimpleITK format) and/or DICOM series sub-folders")
+    p.add_argument("--modality", default="MRI",
+                   help="channel name of -i images: CT (clip + scale) or anything else (z-score) (default %(default)s)")
+    p.add_argument("--plans", type=Path, help="fine-tuning plans JSON: use its spacing, normalisation, network "
+                   "strides and patch, so pretraining preprocesses exactly as fine-tuning does")
+    p.add_argument("-c", "--configuration", default="3d_fullres", help="configuration of --plans (default %(default)s)")
+    p.add_argument("--preset", default=None, help="network preset (default: the plans', else smit_small)")
+    p.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"), help="crop size (default: plans', else 96^3)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                   help="target spacing in mm (default: plans', else the images' median)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--iters_per_epoch", type=int, default=250)
+    p.add_argument("--batch_size", type=int, default=2, help="samples per step and process (two views each)")
+    p.add_argument("--method", choices=METHODS, default="smit")
+    p.add_argument("--mask_ratio", type=float, default=d.mask_ratio)
+    p.add_argument("--block_size", type=int, nargs=3, default=d.block_voxels, metavar=("Z", "Y", "X"),
+                   help="mask block size in voxels (default %(default)s)")
+    p.add_argument("--teacher_drop_rate", type=float, default=d.teacher_drop_rate, help="SMART patch dropout rate")
+    p.add_argument("--loss_weights", type=float, nargs=3, metavar=("REC", "PATCH", "GLOBAL"),
+                   default=[d.weight_reconstruction, d.weight_patch, d.weight_global])
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--c", dest="continue_training", action="store_true",
+                   help="continue from the state file beside --output (also extends a run when --epochs is larger)")
+    p.add_argument("--export_official", type=Path, help="also write the flat official SMIT state_dict here")
+    p.add_argument("--export_weights", choices=("teacher", "student"), default="teacher")
+    p.add_argument("--cache", type=Path, help="folder to keep preprocessed images in (memory-mapped, reused)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SmitunetError("--device cuda: no CUDA device is available")
+    return torch.device("cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def settings_from_args(args) -> PretrainSettings:
+    s = PretrainSettings(method=args.method, mask_ratio=args.mask_ratio, block_voxels=list(args.block_size),
+                         teacher_drop_rate=args.teacher_drop_rate, lr=args.lr)
+    s.weight_reconstruction, s.weight_patch, s.weight_global = args.loss_weights
+    s.validate()
+    return s
+
+
+def _network_from_plans(args, plans: Plans) -> tuple[str, list[int], dict]:
+    cfg = plans.configuration(args.configuration)
+    name = args.preset or cfg.network.name
+    if not is_swin(name):
+        raise SmitunetError(f"{args.plans}: network {cfg.network.name} has no SMIT encoder; pretraining needs a "
+                            "Swin preset (smit_tiny, smit_small, smit_base, swinunetr_ssl)")
+    kw = cfg.network.kwargs
+    keep = {k: kw[k] for k in get_preset(name) if k in kw and k != "deep_supervision"}
+    patch = list(args.patch) if args.patch else list(cfg.patch_size)
+    overrides = {**keep, "num_stages": kw["num_stages"], "strides": kw["strides"]} if not args.patch else keep
+    return name, patch, overrides
+
+
+def prepare(args):
+    """(plans, configuration, preset, patch, network overrides) for the run."""
+    for name in ("epochs", "iters_per_epoch", "batch_size"):
+        if getattr(args, name) < 1:
+            raise SmitunetError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.plans is not None:
+        plans = Plans.load(args.plans)
+        preset, patch, overrides = _network_from_plans(args, plans)
+        if args.spacing:
+            plans.configuration(args.configuration).spacing = list(args.spacing)
+        return plans, args.configuration, preset, patch, overrides
+    preset = args.preset or "smit_small"
+    if not is_swin(preset):
+        raise SmitunetError(f"--preset {preset}: pretraining needs a Swin preset with the SMIT encoder")
+    patch = list(args.patch or [96, 96, 96])
+    return None, PRETRAIN_CONFIGURATION, preset, patch, {}
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    settings = settings_from_args(args)
+    plans, configuration, preset, patch, overrides = prepare(args)
+    sources, channel_names = collect_sources(args.d, args.i, args.modality)
+    if plans is not None and len(channel_names) != plans.num_channels:
+        raise SmitunetError(f"{args.plans}: plans have {plans.num_channels} channel(s), the images {len(channel_names)}")
+    if plans is None:
+        network = NetworkConfig(preset, {"patch_size": patch})
+        plans = derived_plans(sources, channel_names, args.spacing, network, seed=args.seed)
+    device = _device(args.device)
+    dist_ctx = init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist_ctx.local_rank)
+    try:
+        volumes = preprocess_sources(sources, plans, configuration, args.cache, show_progress=dist_ctx.is_main)
+        cfg = plans.configuration(configuration)
+        options = RunOptions(
+            output=args.output, preset=preset, patch=patch, network_overrides=overrides, epochs=args.epochs,
+            iters_per_epoch=args.iters_per_epoch, batch_size=args.batch_size, seed=args.seed, device=device,
+            export_official=args.export_official, export_weights=args.export_weights,
+            data_meta={"spacing": list(cfg.spacing), "normalization": list(cfg.normalization),
+                       "channel_names": dict(plans.channel_names), "num_images": len(volumes)})
+        if dist_ctx.is_main:
+            print(f"pretraining {preset} ({settings.method}) on {len(volumes)} images, patch {patch}, "
+                  f"spacing {cfg.spacing}, {args.epochs} x {args.iters_per_epoch} steps -> {args.output}", flush=True)
+        PretrainingRun(options, settings, volumes, len(channel_names), dist_ctx).run(args.continue_training)
+        barrier(dist_ctx)
+    finally:
+        shutdown_distributed(dist_ctx)
+
+
+if __name__ == "__main__":
+    main()

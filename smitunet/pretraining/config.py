@@ -1,0 +1,60 @@
+"""Pretraining settings (paper defaults) kept in the resume state and in ``smit.pt``'s meta."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from smitunet.errors import SmitunetError
+from smitunet.pretraining.gmim import GmimSettings
+
+METHODS = ("smit", "smart", "gmim")
+
+
+@dataclass
+class PretrainSettings:
+    method: str = "smit"
+    mask_ratio: float = 0.7
+    block_voxels: list[int] = field(default_factory=lambda: [16, 16, 16])
+    teacher_drop_rate: float = 0.2          # SMART: patch dropout of the teacher's input tokens
+    gmim: GmimSettings = field(default_factory=GmimSettings)
+    weight_reconstruction: float = 1.0
+    weight_patch: float = 0.1
+    weight_global: float = 0.1
+    out_dim: int = 1024                     # projection-head prototypes
+    hidden_dim: int = 512
+    bottleneck_dim: int = 128
+    student_temperature: float = 0.1
+    teacher_temperature: float = 0.07
+    warmup_teacher_temperature: float = 0.04
+    teacher_temperature_warmup_fraction: float = 0.1
+    center_momentum: float = 0.9
+    momentum_base: float = 0.996
+    momentum_final: float = 1.0
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    lr_warmup_fraction: float = 0.05
+    weight_decay: float = 0.04
+    grad_clip: float = 3.0
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise SmitunetError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise SmitunetError(f"--mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if not 0.0 <= self.teacher_drop_rate < 1.0:
+            raise SmitunetError(f"--teacher_drop_rate must be in [0, 1), got {self.teacher_drop_rate}")
+        if len(self.block_voxels) != 3 or min(self.block_voxels) < 1:
+            raise SmitunetError(f"--block_size must be three positive voxel counts, got {self.block_voxels}")
+        if min(self.weight_reconstruction, self.weight_patch, self.weight_global) < 0:
+            raise SmitunetError("loss weights must not be negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PretrainSettings":
+        d = dict(d)
+        gmim = d.pop("gmim", {})
+        gmim = GmimSettings(**{**gmim, "cell_tokens": tuple(gmim.get("cell_tokens", GmimSettings.cell_tokens))})
+        return cls(gmim=gmim, **d)

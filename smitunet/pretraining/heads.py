@@ -1,0 +1,53 @@
+"""Pretraining heads: a light reconstruction head and DINO/iBOT-style projection heads.
+
+They live only in the pretraining model; ``smit.pt`` exports the encoder alone.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def pixel_shuffle_3d(x: torch.Tensor, out_channels: int, factor: Sequence[int]) -> torch.Tensor:
+    """``(B, C * fz * fy * fx, d, h, w)`` -> ``(B, C, d * fz, h * fy, w * fx)`` (anisotropic factors allowed)."""
+    b, _, d, h, w = x.shape
+    fz, fy, fx = (int(f) for f in factor)
+    x = x.view(b, out_channels, fz, fy, fx, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+    return x.reshape(b, out_channels, d * fz, h * fy, w * fx)
+
+
+class ReconstructionHead(nn.Module):
+    """A 1x1x1 convolution to ``out_channels * prod(stride)`` values per token, rearranged to voxels (SimMIM's
+    light decoder): the encoder, not the head, has to carry the information about the masked voxels."""
+
+    def __init__(self, in_features: int, out_channels: int, stride: Sequence[int]):
+        super().__init__()
+        self.out_channels = out_channels
+        self.stride = [int(s) for s in stride]
+        self.proj = nn.Conv3d(in_features, out_channels * self.stride[0] * self.stride[1] * self.stride[2], 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return pixel_shuffle_3d(self.proj(features), self.out_channels, self.stride)
+
+
+class ProjectionHead(nn.Module):
+    """MLP -> L2-normalised bottleneck -> cosine layer to ``out_dim`` prototypes (weight norm with unit gain)."""
+
+    def __init__(self, in_features: int, out_dim: int = 1024, hidden_dim: int = 512, bottleneck_dim: int = 128):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_features, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
+                                 nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim))
+        self.prototypes = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        nn.init.trunc_normal_(self.prototypes, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(self.mlp(x), dim=-1)
+        return F.linear(x, F.normalize(self.prototypes, dim=-1))

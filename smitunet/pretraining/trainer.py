@@ -1,0 +1,229 @@
+"""The pretraining run: student and momentum teacher, the step, per-epoch checkpoints, resume, logs, torchrun.
+
+Files beside ``-o smit.pt`` (written by rank 0 only, atomically, every epoch): ``smit.pt`` (the teacher's
+encoder in our format, usable after any epoch), ``smit_state.pt`` (everything ``--c`` needs: student, teacher,
+optimizer, step, centres, RNG, logs), ``smit_log.json`` / ``smit_log.csv`` (per-term losses per epoch) and
+``smit_progress.png``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from smitunet.checkpoint_io import load_checkpoint, save_checkpoint
+from smitunet.errors import SmitunetError
+from smitunet.networks import create_network
+from smitunet.pretraining.config import PretrainSettings
+from smitunet.pretraining.ema import ema_update, make_teacher, momentum_at
+from smitunet.pretraining.export import save_official, save_pretrained
+from smitunet.pretraining.losses import teacher_temperature, update_center
+from smitunet.pretraining.model import PretrainNetwork
+from smitunet.pretraining.objective import make_step_masks, pretraining_losses
+from smitunet.pretraining.progress import TERMS, output_paths, write_logs
+from smitunet.pretraining.views import ViewSampler
+from smitunet.training.distributed import DistContext
+
+STATE_VERSION = 1
+NO_DECAY_NAMES = ("mask_token", "relative_position_bias_table", "prototypes", "stage_mask_tokens")
+
+
+@dataclass
+class RunOptions:
+    output: Path
+    preset: str = "smit_small"
+    patch: list[int] = field(default_factory=lambda: [96, 96, 96])
+    network_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. strides / num_stages from plans
+    epochs: int = 100
+    iters_per_epoch: int = 250
+    batch_size: int = 2
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    export_official: Path | None = None
+    export_weights: str = "teacher"                                   # which encoder goes into smit.pt
+    data_meta: dict[str, Any] = field(default_factory=dict)           # spacing, normalization, channel names
+
+
+def lr_at(step: int, total: int, settings: PretrainSettings) -> float:
+    """Linear warm-up then cosine decay to ``min_lr`` over the whole run."""
+    warmup = int(settings.lr_warmup_fraction * total)
+    if step < warmup:
+        return settings.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return settings.min_lr + (settings.lr - settings.min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on norms, biases, tokens and tables (DINO's rule)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or any(k in name for k in NO_DECAY_NAMES) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class PretrainingRun:
+    def __init__(self, options: RunOptions, settings: PretrainSettings, volumes: Sequence[np.ndarray],
+                 in_channels: int, dist: DistContext | None = None):
+        settings.validate()
+        self.options, self.settings, self.dist = options, settings, dist or DistContext()
+        self.device = options.device
+        model = create_network(options.preset, in_channels, 1, options.patch, **options.network_overrides)
+        self.network = {"name": options.preset, "kwargs": dict(model.network_kwargs)}
+        kwargs = self.network["kwargs"]
+        self.student = PretrainNetwork(model.encoder, in_channels, kwargs["strides"], settings.out_dim,
+                                       settings.hidden_dim, settings.bottleneck_dim,
+                                       stage_mask_tokens=settings.method == "gmim").to(self.device)
+        del model
+        self.teacher = make_teacher(self.student)
+        self.grid = [p // s for p, s in zip(options.patch, self.student.token_stride)]
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.student, settings.weight_decay), lr=settings.lr)
+        self.centers = {name: torch.zeros(1, settings.out_dim, device=self.device) for name in ("patch", "global")}
+        self.sampler = ViewSampler(volumes, options.patch, options.batch_size, options.seed, self.dist.rank)
+        self.step, self.epoch, self.rows = 0, 0, []
+        self.paths = output_paths(Path(options.output))
+        self.trained = self.student
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.trained = DistributedDataParallel(self.student, device_ids=ids, find_unused_parameters=True)
+
+    # -- schedule ------------------------------------------------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        return self.options.epochs * self.options.iters_per_epoch
+
+    def teacher_temp(self, step: int) -> float:
+        warmup = int(self.settings.teacher_temperature_warmup_fraction * self.total_steps)
+        return teacher_temperature(step, warmup, self.settings.warmup_teacher_temperature,
+                                   self.settings.teacher_temperature)
+
+    # -- one step -----------------------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, float]:
+        s = self.settings
+        views_np = self.sampler.batch(step)
+        rng = np.random.default_rng([self.options.seed, step, self.dist.rank, 1])
+        masks = make_step_masks(views_np, s, self.grid, self.student.token_stride, self.student.stage_factors, rng)
+        views = torch.from_numpy(views_np).to(self.device)
+        total, terms, teacher_logits = pretraining_losses(
+            self.trained, self.teacher, views, masks.to(self.device), self.centers, self.teacher_temp(step), s,
+            self.grid, self.student.token_stride, self.student.stage_factors)
+        if not torch.isfinite(total):
+            raise SmitunetError(f"pretraining diverged at step {step} (loss {float(total)}); lower --lr")
+        lr = lr_at(step, self.total_steps, s)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.student.parameters(), s.grad_clip)
+        self.optimizer.step()
+        momentum = momentum_at(step, self.total_steps, s.momentum_base, s.momentum_final)
+        ema_update(self.teacher, self.student, momentum)
+        for name in self.centers:
+            self.centers[name] = update_center(self.centers[name], teacher_logits[name], s.center_momentum)
+        return {**terms, "lr": lr, "momentum": momentum, "teacher_temperature": self.teacher_temp(step)}
+
+    # -- epochs ------------------------------------------------------------------------------------------
+    def run(self, continue_training: bool = False) -> None:
+        if continue_training:
+            self.resume()
+        show = self.dist.is_main and sys.stderr.isatty()
+        while self.epoch < self.options.epochs:
+            start, sums, last = time.time(), dict.fromkeys(TERMS, 0.0), {}
+            bar = tqdm(range(self.options.iters_per_epoch), desc=f"epoch {self.epoch}", disable=not show)
+            for _ in bar:
+                last = self.train_step(self.step)
+                self.step += 1
+                for key in TERMS:
+                    sums[key] += last[key]
+                bar.set_postfix({k: f"{last[k]:.3f}" for k in TERMS})
+            means = self._mean_over_processes([sums[k] / self.options.iters_per_epoch for k in TERMS])
+            row = {"epoch": self.epoch, "step": self.step, **dict(zip(TERMS, means)), "lr": last["lr"],
+                   "momentum": last["momentum"], "teacher_temperature": last["teacher_temperature"],
+                   "epoch_time": time.time() - start}
+            self.rows.append(row)
+            self.epoch += 1
+            self.save()
+            if self.dist.is_main:
+                print(f"epoch {row['epoch']}: " + ", ".join(f"{k} {row[k]:.4f}" for k in TERMS)
+                      + f", {row['epoch_time']:.1f} s", flush=True)
+        if self.options.export_official is not None and self.dist.is_main:
+            save_official(self.options.export_official, self.exported_encoder())
+
+    def _mean_over_processes(self, values: list[float]) -> list[float]:
+        if not self.dist.enabled:
+            return values
+        import torch.distributed as tdist
+
+        t = torch.tensor(values, device=self.device)
+        tdist.all_reduce(t)
+        return (t / self.dist.world_size).tolist()
+
+    # -- files -------------------------------------------------------------------------------------------
+    def exported_encoder(self) -> torch.nn.Module:
+        return (self.teacher if self.options.export_weights == "teacher" else self.student).encoder
+
+    def meta(self) -> dict[str, Any]:
+        o = self.options
+        return {"preset": o.preset, "in_channels": int(self.network["kwargs"]["in_channels"]),
+                "patch": list(o.patch), "method": self.settings.method, "steps": int(self.step),
+                "epochs": int(self.epoch), "iters_per_epoch": o.iters_per_epoch, "batch_size": o.batch_size,
+                "weights": o.export_weights, "settings": self.settings.to_dict(), **o.data_meta}
+
+    def state(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"format": "smitunet", "kind": "pretraining_state", "version": STATE_VERSION,
+                "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "step": self.step, "epoch": self.epoch,
+                "centers": {k: v.detach().cpu() for k, v in self.centers.items()}, "rng": rng, "logs": self.rows,
+                "settings": self.settings.to_dict(), "network": self.network,
+                "run": {"iters_per_epoch": self.options.iters_per_epoch, "batch_size": self.options.batch_size,
+                        "seed": self.options.seed, "epochs": self.options.epochs}}
+
+    def save(self) -> None:
+        if not self.dist.is_main:
+            return
+        save_checkpoint(self.state(), self.paths["state"])
+        save_pretrained(self.options.output, self.exported_encoder(), self.network, self.meta())
+        write_logs(self.rows, self.paths)
+
+    def resume(self) -> None:
+        path = self.paths["state"]
+        if not path.is_file():
+            raise SmitunetError(f"{path}: no pretraining state to continue from (--c); run without --c first")
+        state = load_checkpoint(path, map_location=self.device)
+        if state.get("kind") != "pretraining_state":
+            raise SmitunetError(f"{path}: not a smitunet pretraining state")
+        self._check_compatible(state, path)
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.rows = int(state["step"]), int(state["epoch"]), list(state["logs"])
+        self.centers = {k: v.to(self.device) for k, v in state["centers"].items()}
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([t.cpu() for t in state["rng"]["cuda"]])
+
+    def _check_compatible(self, state: dict, path: Path) -> None:
+        run = state["run"]
+        for key in ("iters_per_epoch", "batch_size", "seed"):
+            if run[key] != getattr(self.options, key):
+                raise SmitunetError(f"{path}: was made with {key} {run[key]}, not {getattr(self.options, key)}")
+        if state["network"] != self.network:
+            raise SmitunetError(f"{path}: was made with another network ({state['network']['name']}, "
+                                f"patch {state['network']['kwargs'].get('patch_size')}); use the same settings")
+        if state["settings"] != self.settings.to_dict():
+            changed = sorted(k for k, v in self.settings.to_dict().items() if state["settings"].get(k) != v)
+            raise SmitunetError(f"{path}: was made with other pretraining settings ({', '.join(changed)})")
