@@ -8,6 +8,7 @@ exactly, and under torchrun each rank computes its own slice of the same global 
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Sequence
 
@@ -116,8 +117,11 @@ class PatchLoader(SlimDataLoaderBase):
     def generate_train_batch(self) -> dict:
         k = self.batch_index()
         self._produced += 1
-        # Seed the global RNG the batchgenerators transforms draw from: augmentation is per-batch deterministic.
-        np.random.seed(int(np.random.SeedSequence([self.seed, k, 1 + min(self.sample_indices)]).generate_state(1)[0]))
+        # Seed the global RNGs the batchgenerators transforms draw from (numpy, and Python's for the noise
+        # transform): augmentation is then a function of the batch index too.
+        batch_seed = int(np.random.SeedSequence([self.seed, k, 1 + min(self.sample_indices)]).generate_state(1)[0])
+        np.random.seed(batch_seed)
+        random.seed(batch_seed)
         datas, segs, names = [], [], []
         for j in self.sample_indices:
             rng = np.random.default_rng([self.seed, k, j])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import io
+import time
 from pathlib import Path
 
 from smitunet.utils.files import atomic_path, save_json
@@ -18,7 +19,13 @@ def empty_logs() -> dict:
 
 
 class TrainingLogger:
-    """Writes only on the main process (``enabled``); every file is rewritten atomically each epoch."""
+    """Writes only on the main process (``enabled``); every file is rewritten atomically.
+
+    metrics.json/csv are rewritten every epoch; progress.png (about half a second of matplotlib) at most every
+    ``plot_interval_s`` and always at the last epoch, so very short epochs are not dominated by plotting.
+    """
+
+    plot_interval_s = 30.0
 
     def __init__(self, output_dir: Path, enabled: bool = True, class_names: list[str] | None = None):
         self.output_dir = Path(output_dir)
@@ -26,6 +33,7 @@ class TrainingLogger:
         self.class_names = class_names or []
         self.logs = empty_logs()
         self.log_file = self.output_dir / "training_log.txt"
+        self._last_plot: float | None = None
 
     def log(self, message: str) -> None:
         if not self.enabled:
@@ -41,13 +49,16 @@ class TrainingLogger:
         for key in LOG_KEYS:
             self.logs[key].append(values[key])
 
-    def write_epoch_files(self) -> None:
+    def write_epoch_files(self, last_epoch: bool = False) -> None:
         if not self.enabled:
             return
         rows = self._rows()
         save_json(rows, self.output_dir / "metrics.json")
         self._write_csv(rows)
-        self._plot_progress()
+        now = time.monotonic()
+        if last_epoch or self._last_plot is None or now - self._last_plot >= self.plot_interval_s:
+            self._plot_progress()
+            self._last_plot = now
 
     def _rows(self) -> list[dict]:
         rows = []

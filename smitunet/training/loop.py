@@ -91,12 +91,12 @@ class TrainingLoop:
         self.network.load_state_dict(state["state_dict"])
         if weights_only:
             return
-        self.schedule.load_state_dict(state["scheduler"])
         if len(state["optimizer"]["param_groups"]) != len(self.optimizer.param_groups):
             raise SmitunetError(f"{path}: its optimizer has {len(state['optimizer']['param_groups'])} parameter groups but "
                                 f"this run builds {len(self.optimizer.param_groups)}; continue with the options of the "
                                 "original run (e.g. the same --pretrained)")
         self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])  # after the optimizer: it sets each group's lr
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
@@ -198,7 +198,7 @@ class TrainingLoop:
             self.best_ema = self.ema
             self.save("checkpoint_best.pt")
         self.save("checkpoint_latest.pt")
-        self.logger.write_epoch_files()
+        self.logger.write_epoch_files(last_epoch=self.epoch >= self.trainer.num_epochs)
         barrier(self.dist)
 
     # -- the whole run -------------------------------------------------------------------------------

@@ -26,16 +26,19 @@ class ExampleTrainer(SMITTrainer):
 
 
 class NoAugmentationTrainer(SMITTrainer):
-    """No augmentation and a constant learning rate: deterministic batches for the torchrun comparison.
+    """No augmentation: the torchrun test compares 1 and 2 processes on identical batches."""
 
-    With ``SMITUNET_TEST_HANG_AT=E:I`` it blocks at iteration I of epoch E (a reproducible point to SIGKILL).
-    """
-
-    lr_decay = "constant"
-    warmup_fraction = 0.0
+    validation_mirror_axes = None
 
     def augmentation_params(self):
         return None
+
+
+class HangingTrainer(SMITTrainer):
+    """With ``SMITUNET_TEST_HANG_AT=E:I`` it blocks inside iteration I of epoch E: a reproducible point to
+    SIGKILL a run mid-epoch. Without the variable it trains exactly like SMITTrainer."""
+
+    validation_mirror_axes = None
 
     def build_loss(self):
         loss = super().build_loss()
@@ -44,16 +47,16 @@ class NoAugmentationTrainer(SMITTrainer):
             return loss
         epoch, iteration = (int(v) for v in hang.split(":"))
         marker = os.environ["SMITUNET_TEST_HANG_MARKER"]
-        steps = {"n": 0}
-        iters = self.iters_per_epoch
+        training_calls = {"n": 0}
+        target_call = epoch * self.iters_per_epoch + iteration
 
         def hanging_forward(outputs, target, _inner=loss.forward):
-            if steps["n"] == epoch * iters + iteration and torch.is_grad_enabled():
-                with open(marker, "w") as f:
-                    f.write("hanging\n")
-                time.sleep(600)
-            if torch.is_grad_enabled():
-                steps["n"] += 1
+            if torch.is_grad_enabled():  # training steps only, not the validation patches
+                if training_calls["n"] == target_call:
+                    with open(marker, "w") as f:
+                        f.write("hanging\n")
+                    time.sleep(600)
+                training_calls["n"] += 1
             return _inner(outputs, target)
 
         loss.forward = hanging_forward
