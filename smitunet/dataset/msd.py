@@ -17,7 +17,7 @@ from pathlib import Path
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from smitunet.dataset.raw import case_name_problem, read_json_strict
+from smitunet.dataset.raw import case_name_problem, path_escapes, read_json_strict
 from smitunet.errors import DatasetIntegrityError, SmitunetError, cli_entry
 from smitunet.imageio import read_sitk
 from smitunet.paths import dataset_folder_name, raw_dir
@@ -44,12 +44,13 @@ def _msd_entries(task_dir: Path, msd: dict, key: str) -> tuple[list[tuple[str, P
             problems.append(f"case {case}: listed twice in dataset.json {key}")
             continue
         seen.add(case)
-        paths = [task_dir / image_rel] + ([task_dir / label_rel] if label_rel is not None else [])
-        for p in paths:
-            if not p.resolve().is_relative_to(task_dir.resolve()):
-                problems.append(f"case {case}: path {p.relative_to(task_dir)!s} escapes the task folder")
+        rels = [image_rel] + ([label_rel] if label_rel is not None else [])
+        paths = [task_dir / r for r in rels]
+        for rel, p in zip(rels, paths):
+            if path_escapes(rel, task_dir):
+                problems.append(f"case {case}: path {rel} escapes the task folder")
             elif not p.is_file():
-                problems.append(f"case {case}: file {p.relative_to(task_dir)!s} not found")
+                problems.append(f"case {case}: file {rel} not found")
         entries.append((case, paths[0], paths[1] if label_rel is not None else None))
     return entries, problems
 

@@ -11,6 +11,7 @@ problem so that the integrity check can report them all at once.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -102,12 +103,12 @@ def case_name_problem(case: str) -> str | None:
     return None
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
+def path_escapes(relative: str, folder: Path) -> bool:
+    """True when ``relative`` (as written in a JSON file) points outside ``folder``: absolute or via "..".
+    Checked on the text, not on resolved symlinks, so datasets may symlink their files from elsewhere."""
+    joined = os.path.normpath(os.path.join(str(folder), str(relative)))
+    return os.path.isabs(str(relative)) or os.path.commonpath([joined, os.path.normpath(str(folder))]) != \
+        os.path.normpath(str(folder))
 
 
 def scan_training_cases(dataset_dir: str | Path, dataset_json: dict | None = None) -> tuple[Cases, list[str]]:
@@ -218,7 +219,7 @@ def _cases_from_dataset_key(dataset_dir: Path, dj: dict) -> tuple[Cases, list[st
         paths, case_problems = [], []
         for rel in [*entry["images"], entry["label"]]:
             p = dataset_dir / str(rel)
-            if not _inside(p, dataset_dir):
+            if path_escapes(str(rel), dataset_dir):
                 case_problems.append(f"case {case}: path {rel!r} escapes the dataset folder")
             elif not p.is_file():
                 case_problems.append(f"case {case}: file {rel!r} not found")

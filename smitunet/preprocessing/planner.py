@@ -142,17 +142,27 @@ class _Sizer:
     def fit_patch(self, median_shape: Sequence[float], spacing: Sequence[float]) -> NetworkConfig:
         sizes = [float(s) for s in median_shape]
         cfg = self.config(sizes, spacing)
-        while _estimate_memory(cfg, MIN_BATCH_SIZE) > self.budget:
-            patch = cfg.kwargs["patch_size"]
-            shrinkable = [a for a in range(3) if sizes[a] > PATCH_EMBED_STRIDE * MIN_FEATURE_SIZE]
-            if not shrinkable:
-                break  # smallest sensible patch; the memory target is simply too small
-            axis = max(shrinkable, key=lambda a: (patch[a] * spacing[a], patch[a]))
-            total = int(np.prod([s[axis] for s in cfg.kwargs["strides"]]))
-            sizes[axis] = max(PATCH_EMBED_STRIDE * MIN_FEATURE_SIZE,
-                              min(patch[axis] - total, int(patch[axis] * 0.9)))
-            cfg = self.config(sizes, spacing)
+        # Each estimate traces the network (~0.3-2 s), so shrink by the predicted factor between estimates
+        # (activation memory is close to proportional to the patch volume) instead of one step per estimate.
+        while (estimate := _estimate_memory(cfg, MIN_BATCH_SIZE)) > self.budget:
+            goal = np.prod(cfg.kwargs["patch_size"]) * 0.95 * self.budget / estimate
+            while np.prod(cfg.kwargs["patch_size"]) > goal:
+                if not self._shrink(sizes, cfg, spacing):
+                    return cfg  # smallest sensible patch: the memory target is simply too small
+                cfg = self.config(sizes, spacing)
         return cfg
+
+    @staticmethod
+    def _shrink(sizes: list[float], cfg: NetworkConfig, spacing: Sequence[float]) -> bool:
+        """Shrink the physically longest axis by one stride step (or 10 %); False when nothing can shrink."""
+        patch, floor = cfg.kwargs["patch_size"], PATCH_EMBED_STRIDE * MIN_FEATURE_SIZE
+        shrinkable = [a for a in range(3) if sizes[a] > floor]
+        if not shrinkable:
+            return False
+        axis = max(shrinkable, key=lambda a: (patch[a] * spacing[a], patch[a]))
+        total = int(np.prod([s[axis] for s in cfg.kwargs["strides"]]))
+        sizes[axis] = max(floor, min(patch[axis] - total, int(patch[axis] * 0.9)))
+        return True
 
     def batch_size(self, cfg: NetworkConfig, dataset_voxels: float) -> tuple[int, float]:
         """Largest batch within the memory target and the dataset-fraction cap, at least MIN_BATCH_SIZE."""
