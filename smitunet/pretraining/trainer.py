@@ -77,6 +77,7 @@ class PretrainingRun:
         settings.validate()
         self.options, self.settings, self.dist = options, settings, dist or DistContext()
         self.device = options.device
+        torch.manual_seed(options.seed)  # same initial student (and so teacher) for the same seed
         model = create_network(options.preset, in_channels, 1, options.patch, **options.network_overrides)
         self.network = {"name": options.preset, "kwargs": dict(model.network_kwargs)}
         kwargs = self.network["kwargs"]

@@ -6,6 +6,7 @@ each torchrun process draws different samples.
 
 from __future__ import annotations
 
+import random
 from typing import Sequence
 
 import numpy as np
@@ -83,6 +84,8 @@ class ViewSampler:
             second.append(crop_at(volume, b, self.patch))
         views = np.stack(first + second)
         if self.transforms is not None:
-            np.random.seed(int(rng.integers(2 ** 31)))  # batchgenerators draws from numpy's global RNG
+            seed = int(rng.integers(2 ** 31))  # batchgenerators draws from numpy's and Python's global RNGs
+            np.random.seed(seed)
+            random.seed(seed)
             views = self.transforms(data=views)["data"]
         return np.ascontiguousarray(views, dtype=np.float32)
