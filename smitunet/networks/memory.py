@@ -4,7 +4,9 @@ Estimate (``estimate_training_memory_bytes``), float32, one step of forward + ba
 
     weights + input batch
   + max( activations saved for backward                             counted exactly, see below
-         + transient backward workspace                             TRANSIENT_FACTOR x the largest saved tensor,
+         + transient backward workspace                             TRANSIENT_FACTOR x the largest saved tensor
+                                                                    (CPU, batch 1: at least the largest
+                                                                    im2col buffer of a 3D convolution),
          gradients + optimizer state copies )                       SGD-momentum: 1 copy, AdamW: 2
 
 (gradients are allocated while backward frees the activations, the optimizer state after it).
@@ -41,16 +43,22 @@ TRANSIENT_FACTOR = 2.0
 AMP_ACTIVATION_FACTOR = 0.6
 OPTIMIZER_STATE_COPIES = {"sgd": 1, "adamw": 2, "adam": 2}
 BYTES_FP32 = 4
+IM2COL_LIMIT = 20480
 
 
 def estimate_training_memory_bytes(network_config, batch_size: int, optimizer: str = "sgd",
                                    amp: bool = False) -> int:
     """Bytes one training step needs (see module doc). ``network_config``: ``smitunet.plans.NetworkConfig``."""
     kwargs_json = json.dumps(network_config.kwargs, sort_keys=True)
-    params, saved, largest = _trace(network_config.name, kwargs_json, int(batch_size))
+    params, saved, largest, columns = _trace(network_config.name, kwargs_json, int(batch_size))
     kwargs = network_config.kwargs
     input_bytes = BYTES_FP32 * batch_size * int(kwargs["in_channels"]) * math.prod(kwargs["patch_size"])
-    activations = saved + TRANSIENT_FACTOR * largest
+    transient = TRANSIENT_FACTOR * largest
+    if batch_size == 1 and not amp:
+        # On CPU a batch of one runs small 3D convolutions through im2col (slow_conv3d), whose column
+        # buffer (kernel volume x input channels x output voxels) can dominate the transient memory.
+        transient = max(transient, columns)
+    activations = saved + transient
     if amp:
         activations *= AMP_ACTIVATION_FACTOR
     # Gradients appear while backward frees the saved activations and the optimizer state after it, so
@@ -60,8 +68,9 @@ def estimate_training_memory_bytes(network_config, batch_size: int, optimizer: s
 
 
 @functools.lru_cache(maxsize=256)
-def _trace(name: str, kwargs_json: str, batch_size: int) -> tuple[int, int, int]:
-    """(parameter count, saved-activation bytes, largest saved tensor bytes) from a meta-device forward."""
+def _trace(name: str, kwargs_json: str, batch_size: int) -> tuple[int, int, int, int]:
+    """Parameter count, saved-activation bytes, largest saved tensor bytes and largest per-sample im2col
+    buffer bytes of a 3D convolution, from one meta-device forward."""
     from smitunet.networks.registry import create_network  # local: registry imports this package's modules
 
     kwargs: dict[str, Any] = json.loads(kwargs_json)
@@ -78,10 +87,23 @@ def _trace(name: str, kwargs_json: str, batch_size: int) -> tuple[int, int, int]
             sizes[storage._cdata] = max(sizes.get(storage._cdata, 0), storage.nbytes())
         return t
 
+    columns = [0]
+
+    def conv_hook(module: torch.nn.Conv3d, inputs, output: torch.Tensor) -> None:
+        # PyTorch's CPU dispatch (ConvUtils use_mkldnn) sends a batch-1 float conv with a small kernel to
+        # slow_conv3d when B*C*D*H <= 20480; that path materialises an im2col buffer.
+        b, c, d, h = inputs[0].shape[:4]
+        kernel = math.prod(module.kernel_size)
+        if kernel > 1 and b * c * d * h <= IM2COL_LIMIT:
+            columns[0] = max(columns[0], BYTES_FP32 * kernel * c * math.prod(output.shape[2:]))
+
+    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(x)
+    for h in hooks:
+        h.remove()
     params = sum(p.numel() for p in model.parameters())
-    return params, sum(sizes.values()), max(sizes.values(), default=0)
+    return params, sum(sizes.values()), max(sizes.values(), default=0), columns[0]
 
 
 def measure_training_peak_bytes(model: torch.nn.Module, x: torch.Tensor, optimizer: str = "sgd") -> int:
