@@ -83,3 +83,13 @@ def test_batches_depend_only_on_seed_and_index(cases):
     parts = [PatchLoader(cases, PATCH, 2, [j], seed=3).generate_train_batch() for j in (0, 1)]
     assert np.array_equal(whole["data"], np.concatenate([p["data"] for p in parts]))
     assert np.array_equal(whole["seg"], np.concatenate([p["seg"] for p in parts]))
+
+
+def test_non_consecutive_label_values_map_to_channels(cases):
+    from smitunet.training.data import label_index_map
+
+    assert label_index_map([0, 1, 2]) is None
+    lookup = label_index_map([0, 4, 2])
+    assert lookup[[0, 2, 4]].tolist() == [0, 1, 2]
+    loader = PatchLoader(cases, PATCH, 2, [0, 1], seed=0, label_map=label_index_map([0, 1, 2]))
+    assert set(np.unique(loader.generate_train_batch()["seg"])) <= {0, 1, 2}

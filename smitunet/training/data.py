@@ -75,6 +75,16 @@ def crop_with_padding(array: np.ndarray, lower: np.ndarray, patch: Sequence[int]
     return out
 
 
+def label_index_map(label_values: Sequence[int]) -> np.ndarray | None:
+    """Lookup label value -> network channel (sorted values); None when the values are already 0..K-1."""
+    values = sorted(int(v) for v in label_values)
+    if values == list(range(len(values))):
+        return None
+    lookup = np.zeros(max(values) + 1, dtype=np.int16)
+    lookup[values] = np.arange(len(values), dtype=np.int16)
+    return lookup
+
+
 def sample_patch(cases: PreprocessedCases, rng: np.random.Generator, patch: Sequence[int],
                  force_foreground: bool) -> tuple[np.ndarray, np.ndarray, str]:
     case = cases.cases[rng.integers(len(cases.cases))]
@@ -99,7 +109,7 @@ class PatchLoader(SlimDataLoaderBase):
 
     def __init__(self, cases: PreprocessedCases, patch_size: Sequence[int], global_batch_size: int,
                  sample_indices: Sequence[int], seed: int, start_batch: int = 0,
-                 oversample_foreground: float = 1 / 3, num_workers: int = 1):
+                 oversample_foreground: float = 1 / 3, num_workers: int = 1, label_map: np.ndarray | None = None):
         super().__init__(cases, len(sample_indices), number_of_threads_in_multithreaded=max(1, num_workers))
         self.cases = cases
         self.patch_size = [int(p) for p in patch_size]
@@ -107,6 +117,7 @@ class PatchLoader(SlimDataLoaderBase):
         self.sample_indices = [int(i) for i in sample_indices]
         self.seed, self.start_batch = int(seed), int(start_batch)
         self.num_forced = int(round(self.global_batch_size * oversample_foreground))
+        self.label_map = label_map
         self._produced = 0
 
     def batch_index(self) -> int:
@@ -128,6 +139,6 @@ class PatchLoader(SlimDataLoaderBase):
             force = j >= self.global_batch_size - self.num_forced
             d, s, case = sample_patch(self.cases, rng, self.patch_size, force)
             datas.append(d)
-            segs.append(s)
+            segs.append(s if self.label_map is None else self.label_map[s])
             names.append(case)
         return {"data": np.stack(datas), "seg": np.stack(segs), "keys": names, "batch_index": k}

@@ -229,7 +229,10 @@ class TrainingLoop:
             if continue_training:
                 self.log("--c: no checkpoint found; starting from scratch")
             if t.options.pretrained is not None:
-                t.load_pretrained(self.network, Path(t.options.pretrained), self.log)
+                report = t.load_pretrained(self.network, Path(t.options.pretrained))
+                self.log(report.summary())
+                if self.dist.is_main:
+                    save_json(report.to_dict(), self.out / "pretrained_report.json")
         if self.epoch >= t.num_epochs:
             self.log(f"training already complete ({self.epoch} epochs); raise --epochs to extend it")
             if not (self.out / "checkpoint_final.pt").is_file():

@@ -23,7 +23,7 @@ from torch import nn
 from smitunet.plans import ConfigurationPlan, NetworkConfig, Plans
 from smitunet.training.augmentation import AugmentationParams, no_augmentation_transforms, training_transforms
 from smitunet.training.augmentation import rotation_angles, sampling_patch_size
-from smitunet.training.data import PatchLoader, PreprocessedCases
+from smitunet.training.data import PatchLoader, PreprocessedCases, label_index_map
 from smitunet.training.distributed import DistContext
 from smitunet.training.losses import DeepSupervisionLoss, DiceCELoss
 from smitunet.training.schedule import WarmupDecaySchedule
@@ -102,13 +102,11 @@ class Trainer:
 
         return create_network(cfg.name, **cfg.kwargs)
 
-    def load_pretrained(self, network: nn.Module, path: Path, log) -> None:
-        """Load pretrained encoder weights through the checkpoint adapter and log its report."""
-        from smitunet.networks.checkpoint_adapter import adapt_checkpoint
+    def load_pretrained(self, network: nn.Module, path: Path):
+        """Load pretrained encoder weights through the checkpoint adapter; returns its report."""
+        from smitunet.networks.checkpoint_adapter import load_pretrained
 
-        state_dict, report = adapt_checkpoint(str(path), network)
-        network.load_state_dict(state_dict, strict=False)
-        log(f"pretrained weights from {path}:\n{report}")
+        return load_pretrained(network, path)
 
     # -- optimisation --------------------------------------------------------------------------------
     def build_loss(self) -> nn.Module:
@@ -144,13 +142,15 @@ class Trainer:
     def build_train_loader(self, cases: PreprocessedCases, sample_indices, start_batch: int) -> PatchLoader:
         return PatchLoader(cases, self.sampling_patch_size(), self.config.batch_size, sample_indices,
                            seed=self.options.seed, start_batch=start_batch,
-                           oversample_foreground=self.oversample_foreground, num_workers=self.options.num_workers)
+                           oversample_foreground=self.oversample_foreground, num_workers=self.options.num_workers,
+                           label_map=label_index_map(self.plans.labels.values()))
 
     def build_val_loader(self, cases: PreprocessedCases, sample_indices) -> PatchLoader:
         # A fixed seed offset: the same validation patches every epoch, so the pseudo-Dice curve is not noise.
         return PatchLoader(cases, self.config.patch_size, self.config.batch_size, sample_indices,
                            seed=self.options.seed + 7919, start_batch=0,
-                           oversample_foreground=self.oversample_foreground, num_workers=1)
+                           oversample_foreground=self.oversample_foreground, num_workers=1,
+                           label_map=label_index_map(self.plans.labels.values()))
 
 
 class SMITTrainer(Trainer):

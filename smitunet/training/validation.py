@@ -1,6 +1,7 @@
 """Fold validation: sliding-window prediction of the held-out cases, exported at their original geometry.
 
-Predictions go to ``fold_F/validation/{case}{file_ending}`` (``--npz`` adds the softmax probabilities), and
+Predictions go to ``fold_F/validation/{case}{file_ending}`` (``--npz`` adds the softmax probabilities), written
+by the prediction stage's ``export_case`` (restore_original_geometry + imageio.write_image), and
 ``summary.json`` holds per-case, per-class and mean metrics against the raw labels. When the raw dataset is
 not available, the reference is the preprocessed segmentation restored to the original geometry (stated in
 the summary as ``"reference": "preprocessed"``).
@@ -15,10 +16,11 @@ import torch
 from tqdm import tqdm
 
 from smitunet.evaluation.metrics import case_metrics, foreground_mean, mean_metrics
-from smitunet.imageio import Geometry, read_image, write_image
+from smitunet.imageio import read_image
+from smitunet.inference.export import export_case
 from smitunet.inference.sliding_window import predict_sliding_window
 from smitunet.preprocessing.preprocessor import restore_original_geometry
-from smitunet.utils.files import load_json, save_json, save_npz
+from smitunet.utils.files import load_json, save_json
 
 
 def raw_label_files(dataset_name: str) -> dict[str, Path]:
@@ -33,7 +35,7 @@ def raw_label_files(dataset_name: str) -> dict[str, Path]:
 
 
 def predict_case(loop, case: str) -> tuple[np.ndarray, dict]:
-    """Softmax probabilities (K, z, y, x) at the original geometry, and the case's properties."""
+    """Softmax probabilities (K, z, y, x) in the preprocessed space, and the case's properties."""
     t = loop.trainer
     data = np.load(loop.data_folder / f"{case}.npy")
     properties = load_json(loop.data_folder / f"{case}.json")
@@ -41,9 +43,7 @@ def predict_case(loop, case: str) -> tuple[np.ndarray, dict]:
                                     step_size=0.5, mirror_axes=t.validation_mirror_axes, device=loop.device,
                                     output_device="cpu", progress=False,
                                     autocast_dtype=torch.float16 if loop.device.type == "cuda" else None)
-    probabilities = torch.softmax(logits.float(), 0).numpy()
-    restored = restore_original_geometry(probabilities, properties, t.plans, loop.ctx.configuration, is_seg=False)
-    return restored, properties
+    return torch.softmax(logits.float(), 0).numpy(), properties
 
 
 def reference_labels(loop, case: str, properties: dict, raw_labels: dict[str, Path]) -> np.ndarray:
@@ -65,11 +65,11 @@ def validate_fold(loop) -> dict:
     per_case = []
     for case in tqdm(loop.val_cases, desc="fold validation", disable=None):
         probabilities, properties = predict_case(loop, case)
-        segmentation = probabilities.argmax(0).astype(np.uint8 if len(t.plans.labels) < 256 else np.int16)
-        geometry = Geometry.from_dict(properties["geometry"])
-        write_image(segmentation, geometry, folder / f"{case}{t.plans.file_ending}")
-        if t.options.export_probabilities:
-            save_npz(folder / f"{case}.npz", probabilities=probabilities.astype(np.float16))
+        output = folder / f"{case}{t.plans.file_ending}"
+        # The prediction stage's export: same label mapping and geometry restoration as smitunet_predict.
+        export_case(probabilities, properties, t.plans, loop.ctx.configuration, output, postprocessing=None,
+                    save_probabilities=t.options.export_probabilities)
+        segmentation, geometry = read_image(output)
         reference = reference_labels(loop, case, properties, raw_labels)
         metrics = case_metrics(segmentation, reference, labels, geometry.spacing_zyx)
         per_case.append({"case": case, "metrics": metrics})
