@@ -161,3 +161,25 @@ def test_smart_and_gmim_masks():
     dropped = student.deepest_features(torch.from_numpy(views), token_dropout=torch.ones(4, 512, dtype=torch.bool))
     blank = student.deepest_features(torch.zeros(4, 1, *PATCH), token_dropout=torch.ones(4, 512, dtype=torch.bool))
     assert torch.allclose(dropped, blank, atol=1e-5)          # every token dropped: the input no longer matters
+
+
+def test_views_are_deterministic_padded_and_overlapping():
+    from smitunet.pretraining.views import ViewSampler, corner_range, crop_at, two_corners
+
+    volume = np.arange(2 * 4 * 6 * 8, dtype=np.float32).reshape(2, 4, 6, 8)
+    crop = crop_at(volume, [-2, 1, 0], [8, 4, 8])                  # z hangs over both ends: zero padded
+    assert crop.shape == (2, 8, 4, 8) and crop[:, :2].sum() == 0 and crop[:, 6:].sum() == 0
+    assert np.array_equal(crop[:, 2:6], volume[:, :, 1:5, :])
+    assert corner_range([4, 20, 8], [8, 8, 8]) == [(-2, -2), (0, 12), (0, 0)]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a, b = two_corners([40, 40, 40], [16, 16, 16], rng)
+        assert all(abs(x - y) <= 8 for x, y in zip(a, b))
+    volumes = [np.random.default_rng(i).normal(size=(1, 20, 24, 18)).astype(np.float32) for i in range(3)]
+    sampler = ViewSampler(volumes, [16, 16, 16], batch_size=2, seed=3)
+    first = sampler.batch(7)
+    assert first.shape == (4, 1, 16, 16, 16) and first.dtype == np.float32
+    assert np.array_equal(first, sampler.batch(7))                 # a pure function of the step
+    assert not np.array_equal(first, sampler.batch(8))
+    other_rank = ViewSampler(volumes, [16, 16, 16], batch_size=2, seed=3, rank=1)
+    assert not np.array_equal(first, other_rank.batch(7))

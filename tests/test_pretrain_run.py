@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import shared_path
 from smitunet.checkpoint_io import load_checkpoint
 from smitunet.dataset.synthetic import generate_synthetic_dataset
 from smitunet.imageio import Geometry, write_image
@@ -130,3 +131,16 @@ def test_user_errors_are_one_line(tmp_path, capsys, image_folder):
     with pytest.raises(SystemExit):
         main(["-o", str(tmp_path / "a.pt"), "-i", str(tmp_path / "missing"), *TINY])
     assert "image folder not found" in capsys.readouterr().err
+
+
+def test_dicom_series_folder_is_an_input():
+    from smitunet.pretraining.data import collect_sources, derived_plans, preprocess_sources
+    from smitunet.plans import NetworkConfig
+
+    folder = shared_path("dicom_example")
+    sources, channels = collect_sources([], [folder], "MRI")
+    assert len(sources) == 1 and sources[0].paths[0].is_dir() and channels == {"0": "MRI"}
+    plans = derived_plans(sources, channels, None, NetworkConfig("smit_tiny", {"patch_size": [32, 32, 32]}))
+    (volume,) = preprocess_sources(sources, plans, "pretraining", show_progress=False)
+    assert volume.ndim == 4 and volume.shape[0] == 1 and volume.dtype == np.float32
+    assert abs(float(volume.mean())) < 1e-3 and abs(float(volume.std()) - 1) < 1e-2   # z-scored MRI

@@ -138,6 +138,7 @@ class PretrainingRun:
     def run(self, continue_training: bool = False) -> None:
         if continue_training:
             self.resume()
+        self._warn_short_teacher_horizon()
         show = self.dist.is_main and sys.stderr.isatty()
         while self.epoch < self.options.epochs:
             start, sums, last = time.time(), dict.fromkeys(TERMS, 0.0), {}
@@ -160,6 +161,13 @@ class PretrainingRun:
                       + f", {row['epoch_time']:.1f} s", flush=True)
         if self.options.export_official is not None and self.dist.is_main:
             save_official(self.options.export_official, self.exported_encoder())
+
+    def _warn_short_teacher_horizon(self) -> None:
+        horizon = 1.0 / max(1.0 - self.settings.momentum_base, 1e-9)  # steps the EMA averages over
+        if self.options.export_weights == "teacher" and self.total_steps < 4 * horizon and self.dist.is_main:
+            print(f"warning: {self.total_steps} steps is short for a teacher momentum of "
+                  f"{self.settings.momentum_base} (it averages ~{horizon:.0f} steps), so the exported teacher stays "
+                  "close to its initialisation; run longer or pass --export_weights student", file=sys.stderr)
 
     def _mean_over_processes(self, values: list[float]) -> list[float]:
         if not self.dist.enabled:
