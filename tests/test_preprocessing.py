@@ -150,3 +150,20 @@ def test_wrong_input_is_a_clear_error(bad):
         image = np.concatenate([image, image])
     with pytest.raises(SmitunetError):
         preprocess_case(image, geo, make_plans([1.0] * 3), "3d_fullres", seg)
+
+
+def test_boxed_label_resampling_equals_full_volume_one_hot_argmax():
+    """Per-class boxes and implicit background give exactly the full one-hot interpolation + argmax."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    seg = np.zeros((30, 40, 36), np.int16)
+    for k in range(1, 5):
+        c = rng.integers(5, 30, 3)
+        seg[c[0] - 4:c[0] + 3, c[1] - 5:c[1] + 4, c[2] - 3:c[2] + 5] = k
+    seg[0:3, 0:5, 0:5] = 2  # a class touching the image edge
+    for shape in [(45, 52, 30), (20, 33, 50)]:
+        factors = [n / o for n, o in zip(shape, seg.shape)]
+        scores = [ndimage.zoom((seg == k).astype(np.float32), factors, order=1, mode="nearest", grid_mode=True)
+                  for k in range(5)]
+        np.testing.assert_array_equal(resample_seg(seg, shape), np.argmax(np.stack(scores), 0))

@@ -77,9 +77,50 @@ def resample_data(data: np.ndarray, shape: Sequence[int], order: int = 3, axis: 
     return out
 
 
+def _linear_box(mask: np.ndarray, box: list[tuple[int, int]], shape: Sequence[int]):
+    """Linear interpolation of ``mask`` restricted to ``box``; returns (output slices, values).
+
+    Same pixel-centre mapping as the whole volume (input coordinate = (o + 0.5) * old / new - 0.5), so the
+    values equal those of a full-volume resampling: the box has a one-voxel zero margin, or reaches the edge.
+    """
+    old = mask.shape
+    out_slices, offsets, scales = [], [], []
+    for (i0, i1), n_old, n_new in zip(box, old, shape):
+        scale = n_old / n_new
+        o0 = 0 if i0 == 0 else max(0, int(np.floor((i0 + 0.5) / scale - 0.5)))
+        o1 = n_new if i1 == n_old else min(n_new, int(np.ceil((i1 - 0.5) / scale - 0.5)) + 1)
+        out_slices.append(slice(o0, o1))
+        offsets.append(scale * (o0 + 0.5) - 0.5 - i0)
+        scales.append(scale)
+    block = mask[tuple(slice(a, b) for a, b in box)].astype(np.float32)
+    out_shape = [s.stop - s.start for s in out_slices]
+    values = ndimage.affine_transform(block, np.asarray(scales), offset=offsets, output_shape=out_shape,
+                                      output=np.float32, order=1, mode="nearest")
+    return tuple(out_slices), values
+
+
+def _class_boxes(seg: np.ndarray, classes: list[int]) -> dict[int, list[tuple[int, int]]]:
+    """Bounding box of each class, grown by one voxel (the zero margin _linear_box relies on)."""
+    boxes = {}
+    for k in classes:
+        mask = seg == k
+        box = []
+        for axis in range(3):
+            hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))
+            box.append((max(0, int(hit[0]) - 1), min(seg.shape[axis], int(hit[-1]) + 2)))
+        boxes[k] = box
+    return boxes
+
+
 def resample_seg(seg: np.ndarray, shape: Sequence[int], order: int = 1, axis: int | None = None,
                  dtype=np.int16) -> np.ndarray:
-    """(z, y, x) integer labels to ``shape`` via per-class one-hot interpolation and a running argmax."""
+    """(z, y, x) integer labels to ``shape``: per-class one-hot, linear interpolation, highest value wins.
+
+    Each foreground class is interpolated only inside its own bounding box; background's score is
+    1 - (sum of the others), exact for linear interpolation. With ``axis`` that axis is taken by nearest
+    neighbour first (which commutes with the in-plane interpolation, as nnU-Net's separate-z resampling).
+    Extra memory: three output-sized arrays, whatever the number of classes.
+    """
     if tuple(seg.shape) == tuple(shape):
         return seg.astype(dtype, copy=False)
     classes = sorted(label_values(seg)[0])
@@ -87,15 +128,21 @@ def resample_seg(seg: np.ndarray, shape: Sequence[int], order: int = 1, axis: in
         return np.full(shape, classes[0], dtype=dtype)
     if order == 0:
         return _nearest_seg(seg, shape, dtype)
-    best = out = None
-    for value in classes:
-        score = resample_volume((seg == value).astype(np.float32), shape, order, axis)
-        if best is None:
-            best, out = score, np.full(shape, value, dtype=dtype)
-        else:
-            win = score > best
-            out[win] = value
-            np.maximum(best, score, out=best)
+    if axis is not None:
+        seg = _nearest_along(seg, axis, shape[axis])
+    foreground = [k for k in classes if k != 0]
+    out = np.zeros(shape, dtype=dtype)
+    best = np.zeros(shape, dtype=np.float32)
+    total = np.zeros(shape, dtype=np.float32)
+    for k, box in _class_boxes(seg, foreground).items():
+        where, score = _linear_box(seg == k, box, shape)
+        region_best, region_out = best[where], out[where]
+        win = score > region_best
+        region_out[win] = k
+        np.maximum(region_best, score, out=region_best)
+        best[where], out[where] = region_best, region_out
+        total[where] += score
+    out[1.0 - total >= best] = 0  # background wins where it scores at least as high (ties: lowest class)
     return out
 
 
