@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+
+from smitunet.errors import SmitunetError
+from smitunet.evaluation.best_configuration import find_best, main as best_main
+from smitunet.imageio import Geometry, write_image
+from smitunet.inference.cli import main as predict_main
+from smitunet.inference.predictor import Predictor
+from smitunet.utils.files import save_json
+from test_predict_helpers import save_tiny_model, tiny_plans
+
+GEO = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (16, 16, 16))
+NAME = "Dataset990_Tiny"
+
+
+def _raw_dataset(raw, n=4):
+    folder = raw / NAME
+    refs = {}
+    for i in range(n):
+        ref = np.zeros(GEO.shape_zyx, np.uint8)
+        ref[2:7, 2:7, 2 + i:7 + i] = 1
+        ref[9:13, 9:13, 9:13] = 2
+        write_image(ref, GEO, folder / "labelsTr" / f"c{i}.nii.gz")
+        write_image(ref.astype(np.float32), GEO, folder / "imagesTr" / f"c{i}_0000.nii.gz")
+        refs[f"c{i}"] = ref
+    save_json({"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2}, "numTraining": n,
+               "file_ending": ".nii.gz"}, folder / "dataset.json")
+    return refs
+
+
+def _validation(model_dir, refs, shrink, stray, folds=2):
+    for i, (case, ref) in enumerate(refs.items()):
+        pred = ref.copy()
+        pred[9:9 + shrink] = np.where(pred[9:9 + shrink] == 2, 0, pred[9:9 + shrink])  # worse label-2 boundary
+        if stray:
+            pred[0, 15, 15] = 1
+        write_image(pred, GEO, model_dir / f"fold_{i % folds}" / "validation" / f"{case}.nii.gz")
+
+
+def test_ranks_models_writes_postprocessing_and_predict_uses_the_best(smitunet_dirs, tmp_path, capsys):
+    refs = _raw_dataset(smitunet_dirs["raw"])
+    good = save_tiny_model(smitunet_dirs["results"], tiny_plans(dataset_name=NAME), folds=(0, 1), trainer="Good")
+    bad = save_tiny_model(smitunet_dirs["results"], tiny_plans(dataset_name=NAME), folds=(0, 1), trainer="Bad")
+    _validation(good, refs, shrink=0, stray=True)
+    _validation(bad, refs, shrink=2, stray=False)
+    best_main(["990", "-f", "0", "1"])
+    out = capsys.readouterr().out
+    assert "best: Good__smitunetPlans__3d_fullres" in out and "labels: 1" in out
+    info = json.loads((smitunet_dirs["results"] / NAME / "inference_information.json").read_text())
+    assert info["best"]["trainer"] == "Good" and info["postprocessing"]["keep_largest_component"] == [1]
+    assert {c["trainer"] for c in info["candidates"]} == {"Good", "Bad"}
+    assert info["candidates"][0]["dice"] != info["candidates"][1]["dice"]
+    assert json.loads((good / "postprocessing.json").read_text())["keep_largest_component"] == [1]
+    assert Predictor.from_model_folder(good, ["0"]).postprocessing["keep_largest_component"] == [1]
+    # with two trained models, -d alone picks the one find_best_configuration chose
+    write_image(np.zeros(GEO.shape_zyx, np.float32), GEO, tmp_path / "in" / "x_0000.nii.gz")
+    predict_main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-d", "990", "--disable_tta"])
+    settings = json.loads((tmp_path / "out" / "prediction_settings.json").read_text())
+    assert settings["model"].endswith("Good__smitunetPlans__3d_fullres")
+    assert settings["postprocessing"]["keep_largest_component"] == [1]
+
+
+def test_incomplete_folds_are_reported(smitunet_dirs):
+    refs = _raw_dataset(smitunet_dirs["raw"])
+    model = save_tiny_model(smitunet_dirs["results"], tiny_plans(dataset_name=NAME), folds=(0,))
+    _validation(model, refs, shrink=0, stray=False, folds=1)  # only fold_0 has predictions
+    with pytest.raises(SmitunetError, match="no model has validation predictions for folds 0, 1.*incomplete"):
+        find_best("990", folds=("0", "1"))
+    info = find_best("990", folds=("0",))
+    assert info["best"]["dice"] == 1.0 and info["best"]["num_cases"] == 4
