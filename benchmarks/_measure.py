@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
@@ -31,6 +32,7 @@ class Measurement:
     peak_pss_mb: float
     returncode: int
     timed_out: bool
+    stopped_early: bool
     log_path: str | None
 
     def to_dict(self) -> dict:
@@ -112,12 +114,30 @@ def _stop_session(proc: subprocess.Popen) -> None:
             continue
 
 
+def _wait(proc: subprocess.Popen, start: float, timeout_s: float | None,
+          stop_when: Callable[[float], bool] | None) -> tuple[bool, bool]:
+    """Wait for ``proc``; return (timed_out, stopped_early) after stopping it if either fired."""
+    while True:
+        try:
+            proc.wait(timeout=0.5)
+            return False, False
+        except subprocess.TimeoutExpired:
+            elapsed = time.perf_counter() - start
+            if timeout_s is not None and elapsed > timeout_s:
+                _stop_session(proc)
+                return True, False
+            if stop_when is not None and stop_when(elapsed):
+                _stop_session(proc)
+                return False, True
+
+
 def run_measured(command: list[str], *, env: dict | None = None, cwd: str | Path | None = None,
                  log_path: str | Path | None = None, timeout_s: float | None = None,
-                 interval_s: float = 0.1) -> Measurement:
+                 stop_when: Callable[[float], bool] | None = None, interval_s: float = 0.1) -> Measurement:
     """Run ``command``; return its wall time and peak tree memory. Output goes to ``log_path``.
 
-    On ``timeout_s`` the whole process group is stopped and ``timed_out`` is True.
+    On ``timeout_s`` the whole process group is stopped and ``timed_out`` is True; when
+    ``stop_when(elapsed_s)`` returns True (polled twice a second) it is stopped and ``stopped_early`` is True.
     """
     log_file = open(log_path, "w") if log_path else subprocess.DEVNULL
     try:
@@ -127,12 +147,8 @@ def run_measured(command: list[str], *, env: dict | None = None, cwd: str | Path
                                 start_new_session=True)
         poller = _PeakPoller(proc.pid, interval_s)
         poller.start()
-        timed_out = False
         try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _stop_session(proc)
+            timed_out, stopped_early = _wait(proc, start, timeout_s, stop_when)
         except BaseException:
             _stop_session(proc)
             raise
@@ -143,7 +159,7 @@ def run_measured(command: list[str], *, env: dict | None = None, cwd: str | Path
             log_file.close()
     return Measurement(command=[str(c) for c in command], wall_s=wall_s,
                        peak_rss_mb=poller.peak_rss / 2**20, peak_pss_mb=poller.peak_pss / 2**20,
-                       returncode=proc.returncode, timed_out=timed_out,
+                       returncode=proc.returncode, timed_out=timed_out, stopped_early=stopped_early,
                        log_path=str(log_path) if log_path else None)
 
 

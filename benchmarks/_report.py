@@ -8,6 +8,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+from smitunet.utils.files import atomic_path, save_json
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -80,6 +82,7 @@ def write_results(stem: str, markdown: str, data: dict) -> tuple[Path, Path]:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M")
     md_path, json_path = RESULTS_DIR / f"{stem}_{stamp}.md", RESULTS_DIR / f"{stem}_{stamp}.json"
-    md_path.write_text(markdown + "\n")
-    json_path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(markdown + "\n")
+    save_json(json.loads(json.dumps(data, default=str)), json_path)
     return md_path, json_path
