@@ -64,7 +64,8 @@ def _check_one(item, allowed):
     return check_case_files(case, entry["images"], entry["label"], allowed)
 
 
-def _fingerprint(dataset_dir: Path, out_dir: Path, dj: dict, cases: dict, pool: CasePool, args) -> dict:
+def _fingerprint(dataset_dir: Path, out_dir: Path, dj: dict, cases: dict, pool: CasePool, args,
+                 cache: dict) -> dict:
     path = out_dir / "dataset_fingerprint.json"
     if path.is_file() and not (args.clean or args.verify_dataset_integrity):
         try:
@@ -73,7 +74,8 @@ def _fingerprint(dataset_dir: Path, out_dir: Path, dj: dict, cases: dict, pool: 
                 return old
         except ValueError:
             pass
-    fingerprint, problems, warnings = extract_fingerprint(dataset_dir, dj, cases, pool)
+    fingerprint, problems, warnings = extract_fingerprint(dataset_dir, dj, cases, pool,
+                                                          cache=None if args.no_pp else cache)
     _warn(warnings)
     if problems:
         raise DatasetIntegrityError(problems)
@@ -103,7 +105,8 @@ def run_dataset(identifier: str, args, pool: CasePool) -> Plans:
         problems += _check_test_images(dataset_dir, dj, pool)
     if problems:
         raise DatasetIntegrityError(problems)
-    fingerprint = _fingerprint(dataset_dir, out_dir, dj, cases, pool, args)
+    cache: dict = {}  # small cases read by the fingerprint pass, reused by preprocessing
+    fingerprint = _fingerprint(dataset_dir, out_dir, dj, cases, pool, args, cache)
     plans_path = out_dir / f"{args.plans_name}.json"
     if args.use_existing_plans:
         plans = Plans.load(plans_path)
@@ -122,7 +125,8 @@ def run_dataset(identifier: str, args, pool: CasePool) -> Plans:
                 print(f"note: {name}: plans have no configuration {config}; skipped", file=sys.stderr)
                 continue
             target = out_dir / plans.configurations[config].data_identifier
-            counts[config] = preprocess_dataset(cases, plans, config, target, pool, force=args.clean)
+            counts[config] = preprocess_dataset(cases, plans, config, target, pool, force=args.clean,
+                                                cache=cache)
     print(_summary(plans, counts))
     return plans
 

@@ -20,6 +20,10 @@ from smitunet.preprocessing.parallel import CasePool
 
 FINGERPRINT_VERSION = 1
 SAMPLES_PER_CASE = 10_000  # foreground voxels sampled per case for the intensity statistics (as nnU-Net)
+# Small cases are handed back with their arrays so preprocessing need not read them again (reading dominates
+# on small images); the parent keeps at most CACHE_TOTAL_BYTES of them.
+CACHE_CASE_BYTES = 8 << 20
+CACHE_TOTAL_BYTES = 256 << 20
 
 
 def case_seed(case: str) -> int:
@@ -27,7 +31,7 @@ def case_seed(case: str) -> int:
     return zlib.crc32(case.encode())
 
 
-def analyze_case(item: tuple[str, dict], allowed_labels: set[int]) -> dict[str, Any]:
+def analyze_case(item: tuple[str, dict], allowed_labels: set[int], keep_arrays: bool = False) -> dict[str, Any]:
     """Check one case and measure it: spacing, shapes, crop size and a seeded foreground intensity sample."""
     case, entry = item
     checked = read_checked_case(case, entry["images"], entry["label"], allowed_labels)
@@ -41,6 +45,8 @@ def analyze_case(item: tuple[str, dict], allowed_labels: set[int]) -> dict[str, 
                   shape_after_cropping=cropped_shape,
                   relative_size_after_cropping=float(np.prod(cropped_shape) / np.prod(data.shape[1:])),
                   samples=_foreground_samples(case, data, seg, box))
+    if keep_arrays and data.nbytes + (seg.nbytes if seg is not None else 0) <= CACHE_CASE_BYTES:
+        result["arrays"] = (data, seg, checked.geometry)
     return result
 
 
@@ -79,15 +85,23 @@ def raw_signature(dataset_dir: Path, cases: dict[str, dict]) -> str:
     return h.hexdigest()
 
 
-def extract_fingerprint(dataset_dir: Path, dataset_json: dict, cases: dict[str, dict],
-                        pool: CasePool) -> tuple[dict[str, Any], list[str], list[str]]:
-    """Read and check every case; return (fingerprint, problems, warnings). Writes nothing."""
+def extract_fingerprint(dataset_dir: Path, dataset_json: dict, cases: dict[str, dict], pool: CasePool,
+                        cache: dict | None = None) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Read and check every case; return (fingerprint, problems, warnings). Writes nothing.
+
+    With ``cache`` (a dict), small cases' ``(data, seg, geometry)`` are stored in it for preprocessing.
+    """
     allowed = set(int(v) for v in dataset_json["labels"].values())
     results, problems, warnings = {}, [], []
-    work = partial(analyze_case, allowed_labels=allowed)
+    work = partial(analyze_case, allowed_labels=allowed, keep_arrays=cache is not None)
+    cached_bytes = 0
     for r in pool.imap(work, sorted(cases.items()), total=len(cases), desc="fingerprint"):
         problems += r["problems"]
         warnings += r["warnings"]
+        arrays = r.pop("arrays", None)
+        if arrays is not None and cached_bytes < CACHE_TOTAL_BYTES and not problems:
+            cache[r["case"]] = arrays
+            cached_bytes += sum(a.nbytes for a in arrays[:2] if a is not None)
         if not r["problems"]:
             results[r["case"]] = r
     if problems:

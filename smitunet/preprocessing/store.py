@@ -62,11 +62,14 @@ def is_finished(out_dir: Path, case: str, digest: str) -> bool:
         return False
 
 
-def _preprocess_one(item: tuple[str, dict], plans: Plans, configuration: str, out_dir: Path,
+def _preprocess_one(item: tuple[str, dict, tuple | None], plans: Plans, configuration: str, out_dir: Path,
                     digest: str) -> str:
-    case, entry = item
-    data, geometry = read_channels(entry["images"])
-    seg, _ = read_image(entry["label"])
+    case, entry, arrays = item
+    if arrays is not None:  # already read by the fingerprint pass
+        data, seg, geometry = arrays
+    else:
+        data, geometry = read_channels(entry["images"])
+        seg, _ = read_image(entry["label"])
     data, seg, properties = preprocess_case(data, geometry, plans, configuration, seg)
     files = case_files(out_dir, case)
     save_npy(data, files["data"])
@@ -77,11 +80,15 @@ def _preprocess_one(item: tuple[str, dict], plans: Plans, configuration: str, ou
 
 
 def preprocess_dataset(cases: dict[str, dict], plans: Plans, configuration: str, out_dir: Path,
-                       pool: CasePool, force: bool = False) -> dict[str, Any]:
-    """Preprocess every unfinished case (every case with ``force``) into ``out_dir``; returns counts."""
+                       pool: CasePool, force: bool = False, cache: dict | None = None) -> dict[str, Any]:
+    """Preprocess every unfinished case (every case with ``force``) into ``out_dir``; returns counts.
+
+    ``cache``: ``{case: (data, seg, geometry)}`` already read (see fingerprint.extract_fingerprint).
+    """
+    cache = cache or {}
     digest = preprocessing_hash(plans, configuration)
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [(c, cases[c]) for c in sorted(cases) if force or not is_finished(out_dir, c, digest)]
+    todo = [(c, cases[c], cache.get(c)) for c in sorted(cases) if force or not is_finished(out_dir, c, digest)]
     work = partial(_preprocess_one, plans=plans, configuration=configuration, out_dir=out_dir, digest=digest)
     done = sum(1 for _ in pool.imap(work, todo, total=len(todo), desc=f"preprocess {configuration}"))
     return {"preprocessed": done, "skipped": len(cases) - len(todo)}
