@@ -47,7 +47,7 @@ def settings_for(args) -> Settings:
         return Settings(budget_s=None, calibration_iters=0, iters_per_epoch=3, fixed_epochs=2, val_cases=4,
                         predict_cases=2)
     return Settings(budget_s=args.budget_minutes * 60, calibration_iters=4, iters_per_epoch=args.iters_per_epoch,
-                    fixed_epochs=0, val_cases=None, predict_cases=args.predict_cases)
+                    fixed_epochs=0, val_cases=args.val_cases, predict_cases=args.predict_cases)
 
 
 def write_common_splits(val_cases: int | None) -> list[str]:
@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
                         "2 prediction cases; its Dice is not a budget comparison")
     p.add_argument("--iters-per-epoch", type=int, default=25, help="iterations per epoch in the budgeted runs")
     p.add_argument("--predict-cases", type=int, default=10, help="fold-0 validation cases timed in prediction")
+    p.add_argument("--val-cases", type=int, default=None,
+                   help="cut the fold-0 validation to the first N of its 32 cases (default: all; quick: 4)")
     p.add_argument("--np", type=int, default=os.cpu_count(), help="preprocessing worker processes, both tools")
     p.add_argument("--reuse-preprocessed", action="store_true",
                    help="skip the plan + preprocess measurement and train on the existing preprocessed data")
