@@ -136,12 +136,14 @@ def list_training_cases(dataset_dir: str | Path, dataset_json: dict | None = Non
 
 def list_test_cases(dataset_dir: str | Path, dataset_json: dict | None = None,
                     folder: str = "imagesTs") -> tuple[Cases, list[str]]:
-    """Cases of ``imagesTs`` (labels from ``labelsTs`` when present, else None) and the problems found."""
+    """Cases of ``folder`` (labels from the matching ``labels*`` folder when present, else None) and the
+    problems found; ``folder="imagesTr"`` lists training images without requiring labels."""
     dataset_dir = Path(dataset_dir)
     dj = dataset_json if dataset_json is not None else load_dataset_json(dataset_dir)
     if not (dataset_dir / folder).is_dir():
         return {}, []
-    labels_folder = "labelsTs" if (dataset_dir / "labelsTs").is_dir() else None
+    labels_folder = folder.replace("images", "labels", 1)
+    labels_folder = labels_folder if labels_folder != folder and (dataset_dir / labels_folder).is_dir() else None
     cases, problems = _cases_from_folders(dataset_dir, dj, folder, labels_folder, label_required=False)
     return cases, problems + _duplicate_ignoring_case(cases)
 
