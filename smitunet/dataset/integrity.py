@@ -23,7 +23,7 @@ _CHUNK = 1 << 22  # voxels per chunk for whole-volume scans, keeps temporaries s
 @dataclass
 class CheckedCase:
     case: str
-    data: np.ndarray | None = None          # (C, z, y, x) in the file's dtype(s) promoted to float32 lazily
+    data: np.ndarray | None = None          # (C, z, y, x) in the files' own dtype (numpy promotes mixed ones)
     geometry: Geometry | None = None
     seg: np.ndarray | None = None           # (z, y, x) integer labels
     problems: list[str] = field(default_factory=list)

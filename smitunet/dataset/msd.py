@@ -12,15 +12,16 @@ import argparse
 import re
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from smitunet.dataset.raw import case_name_problem, path_escapes, read_json_strict
 from smitunet.errors import DatasetIntegrityError, SmitunetError, cli_entry
 from smitunet.imageio import read_sitk
 from smitunet.paths import dataset_folder_name, raw_dir
+from smitunet.preprocessing.parallel import CasePool, available_cores
 from smitunet.utils.files import atomic_path, save_json
 
 _TASK_RE = re.compile(r"^Task(\d+)_(.+)$")
@@ -71,8 +72,17 @@ def _write_channels(image_path: Path, out_dir: Path, case: str, num_channels: in
             sitk.WriteImage(volume, str(tmp), True)
 
 
+def _convert_case(job: tuple, num_channels: int) -> str:
+    case, image, label, image_dir, label_dir = job
+    _write_channels(image, image_dir, case, num_channels)
+    if label is not None:
+        with atomic_path(label_dir / f"{case}{ENDING}", suffix=ENDING) as tmp:
+            shutil.copyfile(label, tmp)
+    return case
+
+
 def convert_msd(task_dir: str | Path, dataset_id: int | None = None, output_raw: Path | None = None,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, num_processes: int | None = None) -> Path:
     """Convert an MSD task folder; returns the new raw dataset folder."""
     task_dir = Path(task_dir)
     m = _TASK_RE.match(task_dir.resolve().name)
@@ -108,12 +118,12 @@ def convert_msd(task_dir: str | Path, dataset_id: int | None = None, output_raw:
     shutil.rmtree(staging, ignore_errors=True)
     for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if test else ()):
         (staging / sub).mkdir(parents=True)
-    for case, image, label in tqdm(training, desc="convert training", disable=None, leave=False):
-        _write_channels(image, staging / "imagesTr", case, len(channel_names))
-        with atomic_path(staging / "labelsTr" / f"{case}{ENDING}", suffix=ENDING) as tmp:
-            shutil.copyfile(label, tmp)
-    for case, image, _ in tqdm(test, desc="convert test", disable=None, leave=False):
-        _write_channels(image, staging / "imagesTs", case, len(channel_names))
+    jobs = [(case, image, label, staging / "imagesTr", staging / "labelsTr") for case, image, label in training]
+    jobs += [(case, image, None, staging / "imagesTs", None) for case, image, _ in test]
+    with CasePool(num_processes or available_cores()) as pool:
+        for _ in pool.imap(partial(_convert_case, num_channels=len(channel_names)), jobs, total=len(jobs),
+                           desc="convert"):
+            pass
     save_json({"channel_names": channel_names, "labels": labels, "numTraining": len(training),
                "file_ending": ENDING, "name": msd.get("name", m.group(2)),
                "description": msd.get("description", ""), "reference": msd.get("reference", ""),
@@ -130,13 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", required=True, help="MSD task folder, e.g. Task04_Hippocampus")
     p.add_argument("-d", type=int, default=None, help="dataset id (default: the task number)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with the same name")
+    p.add_argument("-np", type=int, default=None, help="worker processes (default: available cores)")
     return p
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    out = convert_msd(args.i, args.d, overwrite=args.overwrite)
+    out = convert_msd(args.i, args.d, overwrite=args.overwrite, num_processes=args.np)
     print(f"converted {args.i} -> {out}")
 
 
