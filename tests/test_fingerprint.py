@@ -40,7 +40,23 @@ def test_large_foreground_is_sampled_with_a_fixed_seed(tmp_path):
 
     data = np.random.default_rng(1).normal(size=(2, 40, 40, 40)).astype(np.float32)
     seg = np.ones((40, 40, 40), np.uint8)
-    a = _foreground_samples("case_x", data, seg, [[0, 40]] * 3)
-    b = _foreground_samples("case_x", data, seg, [[0, 40]] * 3)
-    assert a.shape == (2, SAMPLES_PER_CASE) and np.array_equal(a, b)
-    assert not np.array_equal(a, _foreground_samples("case_y", data, seg, [[0, 40]] * 3))
+    a, is_fg = _foreground_samples("case_x", data, seg, [[0, 40]] * 3)
+    b, _ = _foreground_samples("case_x", data, seg, [[0, 40]] * 3)
+    assert is_fg and a.shape == (2, SAMPLES_PER_CASE) and np.array_equal(a, b)
+    assert not np.array_equal(a, _foreground_samples("case_y", data, seg, [[0, 40]] * 3)[0])
+
+
+def test_cases_without_foreground_do_not_dilute_the_statistics(tmp_path):
+    from smitunet.imageio import write_image
+
+    ds = generate_synthetic_dataset(tmp_path, num_training=3, num_test=0, shape=(16, 18, 16))
+    dj, cases = load_dataset_json(ds), list_training_cases(ds)
+    before, _, _ = extract_fingerprint(ds, dj, cases, CasePool(1))
+    seg, geo = read_image(cases["case_001"]["label"])
+    write_image(np.zeros_like(seg), geo, cases["case_001"]["label"])
+    after, _, warnings = extract_fingerprint(ds, dj, cases, CasePool(1))
+    assert warnings == ["case case_001: label is all background"]
+    fg = np.concatenate([read_image(cases[c]["images"][0])[0][read_image(cases[c]["label"])[0] > 0]
+                         for c in ("case_000", "case_002")])
+    assert np.isclose(after["foreground_intensity_properties_per_channel"]["0"]["mean"], fg.mean(), rtol=1e-5)
+    assert after != before

@@ -44,26 +44,27 @@ def analyze_case(item: tuple[str, dict], allowed_labels: set[int], keep_arrays: 
     result.update(spacing=list(checked.geometry.spacing_zyx), shape_before_cropping=list(data.shape[1:]),
                   shape_after_cropping=cropped_shape,
                   relative_size_after_cropping=float(np.prod(cropped_shape) / np.prod(data.shape[1:])),
-                  samples=_foreground_samples(case, data, seg, box))
+                  samples=_foreground_samples(case, data, seg, box))  # (array, is_foreground)
     if keep_arrays and data.nbytes + (seg.nbytes if seg is not None else 0) <= CACHE_CASE_BYTES:
         result["arrays"] = (data, seg, checked.geometry)
     return result
 
 
-def _foreground_samples(case: str, data: np.ndarray, seg: np.ndarray | None, box) -> np.ndarray:
-    """(C, n) float32 intensities at up to SAMPLES_PER_CASE random labelled voxels (nonzero region if none)."""
+def _foreground_samples(case: str, data: np.ndarray, seg: np.ndarray | None, box) -> tuple[np.ndarray, bool]:
+    """(C, n) float32 intensities at up to SAMPLES_PER_CASE random labelled voxels, and whether they are
+    foreground; a case without foreground gives a sample of its nonzero region instead (used only when the
+    whole dataset has no foreground, so background never dilutes the CT statistics)."""
     rng = np.random.default_rng(case_seed(case))
     where = seg.reshape(-1) > 0 if seg is not None else None
     if where is None or not where.any():
-        # No foreground (unlabelled or all-background case): sample the cropped nonzero region instead.
         region = crop(data, box).reshape(data.shape[0], -1)
         take = rng.choice(region.shape[1], size=min(SAMPLES_PER_CASE, region.shape[1]), replace=False)
-        return region[:, np.sort(take)].astype(np.float32)
+        return region[:, np.sort(take)].astype(np.float32), False
     index = np.flatnonzero(where)
     if index.size > SAMPLES_PER_CASE:
         index = np.sort(rng.choice(index, size=SAMPLES_PER_CASE, replace=False))
     flat = data.reshape(data.shape[0], -1)
-    return flat[:, index].astype(np.float32)
+    return flat[:, index].astype(np.float32), True
 
 
 def intensity_statistics(samples: np.ndarray) -> dict[str, float]:
@@ -108,9 +109,10 @@ def extract_fingerprint(dataset_dir: Path, dataset_json: dict, cases: dict[str, 
         return {}, sorted(problems), sorted(warnings)
     order = sorted(results)
     num_channels = len(dataset_json["channel_names"])
+    use = [k for k in order if results[k]["samples"][1]] or order  # foreground cases, else all (fallback)
     per_channel = {}
     for c in range(num_channels):
-        per_channel[str(c)] = intensity_statistics(np.concatenate([results[k]["samples"][c] for k in order]))
+        per_channel[str(c)] = intensity_statistics(np.concatenate([results[k]["samples"][0][c] for k in use]))
     fingerprint = {
         "version": FINGERPRINT_VERSION,
         "case_identifiers": order,
