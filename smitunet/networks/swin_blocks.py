@@ -68,12 +68,20 @@ def _shift_region_ids(padded: tuple[int, int, int], window: tuple[int, int, int]
     return img
 
 
-def shifted_window_mask(padded: Sequence[int], window: Sequence[int], shift: Sequence[int]) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def shifted_window_mask(padded: tuple[int, int, int], window: tuple[int, int, int], shift: tuple[int, int, int],
+                        device: str = "cpu") -> torch.Tensor:
     """Additive mask ``(num_windows, n, n)``: -100 between tokens from different regions after the roll."""
     ids = _shift_region_ids(tuple(padded), tuple(window), tuple(shift))
     ids = window_partition(ids[None, ..., None], window).squeeze(-1)
     diff = ids[:, None, :] - ids[:, :, None]
-    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0).to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def relative_position_index_on(window: tuple[int, int, int], table_window: tuple[int, int, int],
+                               device: str) -> torch.Tensor:
+    return relative_position_index(window, table_window).reshape(-1).to(device)
 
 
 class WindowAttention(nn.Module):
@@ -97,8 +105,8 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
         attn = q @ k.transpose(-2, -1)
-        index = relative_position_index(window, self.window).to(x.device)
-        bias = self.relative_position_bias_table[index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
+        index = relative_position_index_on(window, self.window, str(x.device))
+        bias = self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1)
         attn = attn + bias.unsqueeze(0)
         if mask is not None:
             nw = mask.shape[0]
@@ -157,7 +165,7 @@ class SwinBlock(nn.Module):
         mask = None
         if any(shift):
             x = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-            mask = shifted_window_mask((dp, hp, wp), window, shift).to(x.device)
+            mask = shifted_window_mask((dp, hp, wp), window, shift, str(x.device))
         windows = self.attn(window_partition(x, window), window, mask)
         x = window_reverse(windows, window, b, dp, hp, wp)
         if any(shift):
