@@ -167,3 +167,20 @@ def test_boxed_label_resampling_equals_full_volume_one_hot_argmax():
         scores = [ndimage.zoom((seg == k).astype(np.float32), factors, order=1, mode="nearest", grid_mode=True)
                   for k in range(5)]
         np.testing.assert_array_equal(resample_seg(seg, shape), np.argmax(np.stack(scores), 0))
+
+
+@pytest.mark.shared
+def test_real_hippocampus_label_round_trip(tmp_path):
+    from conftest import shared_path
+
+    folder = shared_path("Task04_Hippocampus")
+    image, geo = read_image(folder / "imagesTr" / "hippocampus_003.nii.gz")
+    seg, seg_geo = read_image(folder / "labelsTr" / "hippocampus_003.nii.gz")
+    for target in ([1.0, 1.0, 1.0], [0.8, 0.8, 0.8], [0.7, 0.9, 0.6]):
+        plans = make_plans(target)
+        _, pseg, props = preprocess_case(image[None], geo, plans, "3d_fullres", seg)
+        restored = restore_original_geometry(pseg[0], props, plans, "3d_fullres", is_seg=True)
+        write_image(restored, Geometry.from_dict(props["geometry"]), tmp_path / "back.nii.gz")
+        back, back_geo = read_image(tmp_path / "back.nii.gz")
+        assert back_geo == seg_geo
+        assert min(dice(back, seg, k) for k in (1, 2)) >= (1.0 if target == [1.0, 1.0, 1.0] else 0.99)
