@@ -163,3 +163,17 @@ def test_mismatch_errors_name_tensors_and_partial_threshold():
         adapt_checkpoint(part, conv)
     with pytest.raises(SmitunetError, match="checkpoint file not found"):
         adapt_checkpoint("/nonexistent/smit.pt", tiny)
+
+
+def test_official_finetuning_checkpoint_loads_encoder_only(tmp_path):
+    """The official SMIT fine-tuning network: encoder under ``transformer.``, UNETR decoder never loaded."""
+    shapes = json.loads(shared_path("smit_keys", "smit_finetune_keys.json").read_text())
+    sd = _random_state(shapes, seed=3)
+    save_checkpoint({"state_dict": sd}, tmp_path / "smit_finetuned.pt")
+    model = create_network("smit_small", 1, 3, PATCH)
+    report = load_pretrained(model, tmp_path / "smit_finetuned.pt")
+    assert report.matched_fraction == 1.0 and report.missing == []
+    skipped = dict(report.skipped)
+    assert len(skipped) == len(shapes) - 154
+    assert set(skipped.values()) == {"decoder/segmentation head: never loaded"}
+    assert torch.equal(model.encoder.norm3.weight, sd["transformer.norm3.weight"])
