@@ -21,7 +21,7 @@ import torch
 from smitunet.errors import SmitunetError
 
 WRAPPER_KEYS = ("state_dict", "model", "network_weights", "net")
-PREFIXES = ("module.", "backbone.", "transformer.", "swinViT.", "encoder.")
+PREFIXES = ("module.", "backbone.", "transformer.", "swinViT.", "swin_vit.", "encoder.")
 _MONAI_LAYER = re.compile(r"^layers([1-9])\.0\.")
 # MONAI's PatchMerging ("merging", v0.9) concatenates 000,100,010,001,110,101,011,111; SMIT swaps the 6th and
 # 7th blocks (011 before 101). "mergingv2" uses itertools.product order 000,001,010,011,100,101,110,111.
