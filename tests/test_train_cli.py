@@ -81,9 +81,35 @@ def _kill_mid_epoch(args: list[str], env: dict, marker: Path) -> None:
             proc.kill()
             pytest.fail("training did not reach the kill point in time")
         time.sleep(0.1)
+    workers = _children(proc.pid)
+    assert workers, "expected a background augmentation worker"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+    deadline = time.time() + 20
+    while any(_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers), "background workers outlived the killed training run"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def test_sigkill_mid_epoch_resume_is_exact_and_extends(dataset, tmp_path, capsys, monkeypatch, plugin_path):

@@ -8,7 +8,11 @@ exactly, and under torchrun each rank computes its own slice of the same global 
 
 from __future__ import annotations
 
+import ctypes
+import os
 import random
+import signal
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -100,6 +104,18 @@ def sample_patch(cases: PreprocessedCases, rng: np.random.Generator, patch: Sequ
             crop_with_padding(seg, lower, patch).astype(np.int16, copy=False), case)
 
 
+def exit_with_parent(parent_pid: int) -> None:
+    """In a worker process: get SIGKILL when the parent dies (Linux prctl PR_SET_PDEATHSIG; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
+
+
 class PatchLoader(SlimDataLoaderBase):
     """Endless batches for one rank: ``sample_indices`` selects its share of each global batch.
 
@@ -118,7 +134,15 @@ class PatchLoader(SlimDataLoaderBase):
         self.seed, self.start_batch = int(seed), int(start_batch)
         self.num_forced = int(round(self.global_batch_size * oversample_foreground))
         self.label_map = label_map
+        self._owner_pid = os.getpid()
         self._produced = 0
+
+    def set_thread_id(self, thread_id: int) -> None:
+        # Called by batchgenerators inside each freshly started worker process: tie the worker's life to the
+        # training process, so a SIGKILLed training run leaves no orphaned workers behind.
+        super().set_thread_id(thread_id)
+        if os.getpid() != self._owner_pid:
+            exit_with_parent(self._owner_pid)
 
     def batch_index(self) -> int:
         # MultiThreadedAugmenter hands batches out round-robin over its workers, so worker t produces
