@@ -19,6 +19,14 @@ def label_lookup(plans: Plans) -> np.ndarray:
     return np.asarray(values, dtype=dtype)
 
 
+def argmax_int16(probabilities: np.ndarray, slab: int = 16) -> np.ndarray:
+    """Arg-max over classes, slab by slab along z: no int64 (z, y, x) temporary of the whole volume."""
+    out = np.empty(probabilities.shape[1:], dtype=np.int16)
+    for z in range(0, out.shape[0], slab):
+        out[z:z + slab] = probabilities[:, z:z + slab].argmax(0)
+    return out
+
+
 def needs_resampling(properties: dict) -> bool:
     return not np.allclose(properties["spacing_original"], properties["spacing_target"], rtol=0, atol=1e-6)
 
@@ -34,12 +42,12 @@ def probabilities_to_labels(probabilities: np.ndarray, properties: dict, plans: 
 
     lookup = label_lookup(plans)
     if not keep_probabilities and not needs_resampling(properties):
-        index = probabilities.argmax(0).astype(np.int16)
-        restored_index = restore_original_geometry(index, properties, plans, configuration, is_seg=True)
-        return lookup[np.asarray(restored_index, dtype=np.int64)], None
+        restored_index = restore_original_geometry(argmax_int16(probabilities), properties, plans, configuration,
+                                                   is_seg=True)
+        return lookup[restored_index], None
     restored = np.asarray(restore_original_geometry(probabilities, properties, plans, configuration, is_seg=False),
                           dtype=np.float32)
-    labels = lookup[restored.argmax(0)]
+    labels = lookup[argmax_int16(restored)]
     return labels, (restored if keep_probabilities else None)
 
 

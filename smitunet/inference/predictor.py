@@ -79,7 +79,8 @@ class FoldEnsemble:
                 self.plans = Plans.from_dict(ckpt["plans"], source=f"{path} (plans)")
                 self.configuration = ckpt["configuration"]
                 self.network_config = ckpt["network"]
-                self.mirror_axes = tuple(ckpt.get("inference_mirror_axes", (0, 1, 2)))
+                # the trainer may restrict test-time mirroring (None / [] = none); default: all three axes
+                self.mirror_axes = tuple(ckpt.get("inference_mirror_axes", (0, 1, 2)) or ())
             elif ckpt["network"] != reference["network"] or ckpt["configuration"] != reference["configuration"]:
                 raise SmitunetError(f"{path}: network or configuration differs from {checkpoint_files[0]}; "
                                     "folds of one model must share them")
