@@ -37,6 +37,7 @@ class TrainingOptions:
     seed: int = 0
     pretrained: Path | None = None
     export_probabilities: bool = False    # --npz: also save softmax probabilities during fold validation
+    disable_tta: bool = False             # --disable_tta: fold validation without test-time mirroring
 
 
 @dataclass

@@ -37,10 +37,11 @@ def raw_label_files(dataset_name: str) -> dict[str, Path]:
 def predict_case(loop, case: str) -> tuple[np.ndarray, dict]:
     """Softmax probabilities (K, z, y, x) in the preprocessed space, and the case's properties."""
     t = loop.trainer
+    mirror_axes = None if t.options.disable_tta else t.validation_mirror_axes
     data = np.load(loop.data_folder / f"{case}.npy")
     properties = load_json(loop.data_folder / f"{case}.json")
     logits = predict_sliding_window(loop.network, torch.from_numpy(data), t.config.patch_size, t.plans.num_classes,
-                                    step_size=0.5, mirror_axes=t.validation_mirror_axes, device=loop.device,
+                                    step_size=0.5, mirror_axes=mirror_axes, device=loop.device,
                                     output_device="cpu", progress=False,
                                     autocast_dtype=torch.float16 if loop.device.type == "cuda" else None)
     return torch.softmax(logits.float(), 0).numpy(), properties
