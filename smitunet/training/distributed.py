@@ -57,12 +57,3 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def broadcast_object(obj, ctx: DistContext):
-    """Rank 0's value on every rank (small JSON-like objects only)."""
-    if not ctx.enabled:
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]

@@ -54,6 +54,9 @@ class TrainingLoop:
         barrier(self.dist)
         splits = load_or_create_splits(self.ctx.preprocessed_dataset_dir, all_cases, write=False)
         self.train_cases, self.val_cases = cases_for_fold(splits, self.ctx.fold, all_cases)
+        if t.config.batch_size < self.dist.world_size:
+            raise SmitunetError(f"batch size {t.config.batch_size} of the plans cannot be shared by "
+                                f"{self.dist.world_size} processes; use at most {t.config.batch_size} processes")
         torch.manual_seed(t.options.seed)  # identical initial weights on every rank
         self.network_config = t.network_config()
         self.network = t.build_network(self.network_config).to(self.device)
@@ -152,8 +155,8 @@ class TrainingLoop:
             self.network.train()
             self.network.deep_supervision = True
             losses = []
-            bar = tqdm(range(t.iters_per_epoch), desc=f"epoch {self.epoch}", disable=None if self.dist.is_main else True,
-                       leave=False)
+            bar = tqdm(range(t.iters_per_epoch), desc=f"epoch {self.epoch}", leave=False,
+                       disable=None if self.dist.is_main else True)  # None: shown on a terminal only
             for _ in bar:
                 losses.append(self.train_step(next(stream), loss_scale))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -185,10 +188,11 @@ class TrainingLoop:
         values = torch.tensor([train_loss, wait_fraction], dtype=torch.float64, device=self.device)
         train_loss, wait_fraction = (all_reduce_sum(values, self.dist) / self.dist.world_size).tolist()
         mean_dice = float(np.nanmean(dice)) if not all(np.isnan(dice)) else 0.0
-        self.ema = mean_dice if self.ema is None else self.trainer.ema_momentum * self.ema + (1 - self.trainer.ema_momentum) * mean_dice
-        self.logger.record_epoch(train_loss=train_loss, val_loss=val_loss, pseudo_dice=[float(np.nan_to_num(d)) for d in dice],
-                                 ema_pseudo_dice=self.ema, lr=lr,
-                                 epoch_time=epoch_time, data_wait_fraction=wait_fraction)
+        m = self.trainer.ema_momentum
+        self.ema = mean_dice if self.ema is None else m * self.ema + (1 - m) * mean_dice
+        self.logger.record_epoch(train_loss=train_loss, val_loss=val_loss,
+                                 pseudo_dice=[float(np.nan_to_num(d)) for d in dice], ema_pseudo_dice=self.ema,
+                                 lr=lr, epoch_time=epoch_time, data_wait_fraction=wait_fraction)
         self.epoch += 1
         dice_text = ", ".join(f"{d:.4f}" for d in dice)
         self.log(f"epoch {self.epoch - 1}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, pseudo Dice "
@@ -228,6 +232,10 @@ class TrainingLoop:
         else:
             if continue_training:
                 self.log("--c: no checkpoint found; starting from scratch")
+            stale = self.out / "checkpoint_final.pt"
+            if self.dist.is_main and stale.is_file():  # a fresh run must not be resumed into an older one
+                stale.unlink()
+                self.log(f"starting a fresh run: removed the previous run's {stale.name}")
             if t.options.pretrained is not None:
                 report = t.load_pretrained(self.network, Path(t.options.pretrained))
                 self.log(report.summary())
