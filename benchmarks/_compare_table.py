@@ -53,9 +53,16 @@ def training_rows(r: dict) -> list[list]:
 
     return [["planned patch / batch", _plan_text(su), _plan_text(nn), "", "each tool's own plans"],
             _pair_row("training, s per iteration (epoch wall / iterations)", per_iter(su), per_iter(nn), 2, ""),
-            ["training, data waiting (% of train-step time)", fmt(wait(su), 1, " %"), fmt(wait(nn), 1, " %"), "",
+            ["training, data waiting (% of train-step time)", fmt(wait(su), 2, " %"), fmt(wait(nn), 2, " %"), "",
              "<= 5 %"],
             ["training run (epochs x iterations, wall incl. start-up)", schedule(su), schedule(nn), "", ""]]
+
+
+def _memory_row(label: str, ours: dict | None, theirs: dict | None) -> list:
+    def text(m):
+        return f"{m['peak_rss_mb']:.0f} ({m['peak_pss_mb']:.0f})" if m else "n/a"
+
+    return [label, text(ours), text(theirs), ratio(ours and ours["peak_rss_mb"], theirs and theirs["peak_rss_mb"]), ""]
 
 
 def prediction_rows(r: dict) -> list[list]:
@@ -64,8 +71,8 @@ def prediction_rows(r: dict) -> list[list]:
         su, nn = r.get(f"predict_smitunet_{mode}"), r.get(f"predict_nnunet_{mode}")
         rows.append(_pair_row(f"prediction {label}, s per case", su and su["s_per_case"],
                               nn and nn["s_per_case"], 2, ""))
-        rows.append(_pair_row(f"prediction {label}, peak RSS of the process tree (MB)",
-                              su and su["measurement"]["peak_rss_mb"], nn and nn["measurement"]["peak_rss_mb"], 0, ""))
+        rows.append(_memory_row(f"prediction {label}, peak RSS (PSS) of the process tree (MB)",
+                                su and su["measurement"], nn and nn["measurement"]))
     return rows
 
 

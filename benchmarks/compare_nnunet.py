@@ -46,7 +46,7 @@ def settings_for(args) -> Settings:
     if args.quick:
         return Settings(budget_s=None, calibration_iters=0, iters_per_epoch=3, fixed_epochs=2, val_cases=4,
                         predict_cases=2)
-    return Settings(budget_s=args.budget_minutes * 60, calibration_iters=4, iters_per_epoch=args.iters_per_epoch,
+    return Settings(budget_s=args.budget_minutes * 60, calibration_iters=min(4, args.iters_per_epoch), iters_per_epoch=args.iters_per_epoch,
                     fixed_epochs=0, val_cases=args.val_cases, predict_cases=args.predict_cases)
 
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     s = settings_for(args)
     start = time.perf_counter()
     results = {"date": now_utc(), "machine": machine_description(), "settings": asdict(s),
-               "mode": "quick" if args.quick else "full", "pretrained": str(args.pretrained or "")}
+               "mode": "quick" if args.quick else "budget", "pretrained": str(args.pretrained or "")}
     phases = Phases(results)
     nn.ensure_venv()
     if args.reuse_preprocessed:
