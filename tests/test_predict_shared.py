@@ -36,7 +36,8 @@ def test_many_class_ct_round_trips_geometry(smitunet_dirs, tmp_path):
     save_tiny_model(smitunet_dirs["results"], plans)
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "ct_0000.nii.gz").symlink_to(ct)
-    predict_main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--disable_tta", "--save_probabilities"])
+    predict_main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--disable_tta", "--save_probabilities",
+                  "--step_size", "1.0"])
     labels, geo = read_image(tmp_path / "out" / "ct.nii.gz")
     assert geo.matches(Geometry.of(read_sitk(ct)), tol=1e-6) is None
     assert set(np.unique(labels).tolist()) <= set(values)
