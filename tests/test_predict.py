@@ -113,3 +113,15 @@ def test_parts_split_cases_between_workers(smitunet_dirs, tmp_path):
     assert sorted(p.name for p in (tmp_path / "o").glob("*.nii.gz")) == ["case1.nii.gz", "case3.nii.gz"]
     predict_main(["-i", str(inp), "-o", str(tmp_path / "o"), "--disable_tta", "--num_parts", "2", "--part_id", "0"])
     assert len(list((tmp_path / "o").glob("*.nii.gz"))) == 5
+
+
+def test_device_and_precision_choices():
+    from smitunet.inference.predictor import autocast_dtype, resolve_device
+
+    assert autocast_dtype("fp16", torch.device("cpu")) is None  # CPU always runs fp32
+    assert autocast_dtype("fp32", torch.device("cuda")) is None
+    assert autocast_dtype("bf16", torch.device("cuda")) is torch.bfloat16
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(SmitunetError, match="no CUDA GPU"):
+            resolve_device("cuda")
