@@ -132,11 +132,13 @@ def _load_training_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def _softmax_inplace(logits: torch.Tensor) -> None:
-    """Softmax over the class axis without allocating another (K, z, y, x) volume."""
-    logits.sub_(logits.max(0, keepdim=True).values)
-    logits.exp_()
-    logits.div_(logits.sum(0, keepdim=True))
+def _softmax_inplace(logits: torch.Tensor, slab: int = 16) -> None:
+    """Softmax over the class axis, slab by slab along z: no extra full-volume temporaries."""
+    for z in range(0, logits.shape[1], slab):
+        part = logits[:, z:z + slab]
+        part.sub_(part.max(0, keepdim=True).values)
+        part.exp_()
+        part.div_(part.sum(0, keepdim=True))
 
 
 def output_file_for(case: InputCase, output_dir: Path) -> Path:
