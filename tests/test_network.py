@@ -15,7 +15,7 @@ from tests.conftest import shared_path
 
 # What the planner produces for the two real examples (checked below against network_geometry).
 HIPPOCAMPUS = ([40, 56, 40], [[2, 2, 2], [2, 2, 2], [2, 2, 2]])
-CT_SMALL = ([32, 64, 64], [[2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]])
+CT_EXAMPLE = ([32, 112, 128], [[2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]])  # 122x101x30 voxels at 3 mm
 
 
 def _official_layout(model) -> dict[str, list[int]]:
@@ -47,21 +47,23 @@ def test_smit_small_encoder_layout_core():
 def test_planner_geometries_are_the_ones_tested():
     patch, stages, strides = network_geometry([36, 50, 35], [1.0, 1.0, 1.0], 4)
     assert (patch, strides) == HIPPOCAMPUS and stages == 2
-    patch, stages, strides = network_geometry([30, 64, 64], [3.0, 3.0, 3.0], 4)
-    assert (patch, strides) == CT_SMALL and stages == 3
+    patch, stages, strides = network_geometry([30, 101, 122], [3.0, 3.0, 3.0], 4)
+    assert (patch, strides) == CT_EXAMPLE and stages == 3
 
 
-@pytest.mark.parametrize("deep_supervision", [False, True])
-@pytest.mark.parametrize("geometry,classes", [(HIPPOCAMPUS, 3), (CT_SMALL, 41)])
-def test_smit_forward_backward_planner_patches(geometry, classes, deep_supervision):
+@pytest.mark.parametrize("geometry,classes,batch,deep_supervision", [
+    (HIPPOCAMPUS, 3, 2, False), (HIPPOCAMPUS, 3, 2, True),
+    (CT_EXAMPLE, 41, 1, True),  # big patch: trained with deep supervision, then run without it (below)
+])
+def test_smit_forward_backward_planner_patches(geometry, classes, batch, deep_supervision):
     patch, strides = geometry
     torch.manual_seed(0)
     model = create_network("smit_tiny", 1, classes, patch, num_stages=len(strides) - 1, strides=strides,
                            deep_supervision=deep_supervision)
-    x = torch.randn(2, 1, *patch)
+    x = torch.randn(batch, 1, *patch)
     out = model(x)
     outputs = out if deep_supervision else [out]
-    assert outputs[0].shape == (2, classes, *patch)
+    assert outputs[0].shape == (batch, classes, *patch)
     if deep_supervision:
         scales = model.deep_supervision_scales()
         assert len(scales) == len(outputs) == len(strides) - 1
@@ -73,7 +75,7 @@ def test_smit_forward_backward_planner_patches(geometry, classes, deep_supervisi
     assert model.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
     model.deep_supervision = False
     with torch.no_grad():
-        assert model(x).shape == (2, classes, *patch)
+        assert model(x).shape == (batch, classes, *patch)
 
 
 def test_conv_unet_baseline_forward_backward():
