@@ -10,11 +10,9 @@ import torch
 
 from smitunet.errors import SmitunetError, cli_entry
 from smitunet.networks.registry import get_preset, is_swin
-from smitunet.plans import Plans
+from smitunet.plans import NetworkConfig, Plans
 from smitunet.pretraining.config import METHODS, PretrainSettings
-from smitunet.pretraining.data import (PRETRAIN_CONFIGURATION, collect_sources, derived_plans,
-                                       preprocess_sources)
-from smitunet.plans import NetworkConfig
+from smitunet.pretraining.data import PRETRAIN_CONFIGURATION, collect_sources, derived_plans, preprocess_sources
 from smitunet.pretraining.trainer import PretrainingRun, RunOptions
 from smitunet.training.distributed import barrier, init_distributed, shutdown_distributed
 
@@ -46,11 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss_weights", type=float, nargs=3, metavar=("REC", "PATCH", "GLOBAL"),
                    default=[d.weight_reconstruction, d.weight_patch, d.weight_global])
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--teacher_momentum", type=float, default=d.momentum_base,
+                   help="EMA momentum at the start; a cosine takes it to 1 over the whole run (default %(default)s)")
+    p.add_argument("--teacher_temperature", type=float, default=d.teacher_temperature,
+                   help=f"teacher temperature after a warm-up from {d.warmup_teacher_temperature} (default %(default)s)")
     p.add_argument("--c", dest="continue_training", action="store_true",
                    help="continue from the state file beside --output (also extends a run when --epochs is larger)")
     p.add_argument("--export_official", type=Path, help="also write the flat official SMIT state_dict here")
     p.add_argument("--export_weights", choices=("teacher", "student"), default="teacher")
-    p.add_argument("--cache", type=Path, help="folder to keep preprocessed images in (memory-mapped, reused)")
+    p.add_argument("--cache", type=Path, help="folder to keep preprocessed images in (memory-mapped and reused: large archives need "
+                   "not fit in RAM); without it they are held in memory")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -64,7 +67,8 @@ def _device(choice: str) -> torch.device:
 
 def settings_from_args(args) -> PretrainSettings:
     s = PretrainSettings(method=args.method, mask_ratio=args.mask_ratio, block_voxels=list(args.block_size),
-                         teacher_drop_rate=args.teacher_drop_rate, lr=args.lr)
+                         teacher_drop_rate=args.teacher_drop_rate, lr=args.lr,
+                         momentum_base=args.teacher_momentum, teacher_temperature=args.teacher_temperature)
     s.weight_reconstruction, s.weight_patch, s.weight_global = args.loss_weights
     s.validate()
     return s

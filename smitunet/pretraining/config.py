@@ -46,6 +46,10 @@ class PretrainSettings:
             raise SmitunetError(f"--teacher_drop_rate must be in [0, 1), got {self.teacher_drop_rate}")
         if len(self.block_voxels) != 3 or min(self.block_voxels) < 1:
             raise SmitunetError(f"--block_size must be three positive voxel counts, got {self.block_voxels}")
+        if not 0.0 <= self.momentum_base <= 1.0:
+            raise SmitunetError(f"--teacher_momentum must be in [0, 1], got {self.momentum_base}")
+        if self.teacher_temperature <= 0 or self.student_temperature <= 0:
+            raise SmitunetError("temperatures must be positive")
         if min(self.weight_reconstruction, self.weight_patch, self.weight_global) < 0:
             raise SmitunetError("loss weights must not be negative")
 
