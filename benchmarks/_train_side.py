@@ -96,13 +96,17 @@ def run_smitunet(tag: str, epochs: int, iters: int, budget_s: float | None, vali
     stopped_by_budget = m["stopped_early"] and not final.exists()
     if m["returncode"] != 0 and not m["stopped_early"]:
         raise RuntimeError(f"smitunet training ({tag}) failed:\n{tail(log_path)}")
-    rows = json.loads((fold_dir / "metrics.json").read_text())
+    metrics = fold_dir / "metrics.json"
+    rows = json.loads(metrics.read_text()) if metrics.exists() else []
+    if stopped_by_budget and not rows:
+        raise RuntimeError(f"smitunet ({tag}) completed no epoch within the budget:\n{tail(log_path)}")
     if stopped_by_budget:  # turn the last completed epoch into checkpoint_final, then validate
         log(f"smitunet ({tag}) stopped by the budget after {len(rows)} epochs; finishing with --c --epochs {len(rows)}")
         finish = run_measured(_train_command(len(rows), iters, pretrained, ["--c"]), env=env,
                               log_path=nn.WORK_DIR / f"smitunet_train_{tag}_finish.log").to_dict()
         m["finish"] = finish
-    train_wall_s = final.stat().st_mtime - t0 if final.exists() else m["wall_s"]
+    # A run stopped by the budget trained until it was stopped (the finishing run only saves and validates).
+    train_wall_s = m["wall_s"] if stopped_by_budget or not final.exists() else final.stat().st_mtime - t0
     result = {"measurement": m, "epochs_done": len(rows), "planned_epochs": epochs, "iters": iters,
               "stopped_by_budget": stopped_by_budget, "train_wall_s": train_wall_s,
               "epoch_s": _steady([r["epoch_time"] for r in rows]),
