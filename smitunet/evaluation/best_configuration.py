@@ -6,15 +6,24 @@ are evaluated together against the raw labels. The best model gets a ``postproce
 connected component per label, where it raises the mean Dice), and
 ``results/DatasetXXX/inference_information.json`` records the choice, which ``smitunet_predict -d DATASET``
 then uses when several models are trained.
+
+Ensembles (as nnU-Net): every pair of those models is also evaluated with the two models' validation softmax
+probabilities averaged per case (``smitunet_train --npz`` output; missing ones are predicted once from the raw
+images with the fold's checkpoint_final and kept). A pair wins only if it beats the best single model; its
+postprocessing then goes to ``results/DatasetXXX/ensembles/{name}/`` and ``smitunet_predict -d DATASET`` runs
+both models. ``--disable_ensembling`` ranks single models only.
 """
 
 from __future__ import annotations
 
 import argparse
+from itertools import combinations
 from pathlib import Path
 
-from smitunet.dataset.raw import list_training_cases
+from smitunet.dataset.raw import list_training_cases, load_dataset_json
 from smitunet.errors import SmitunetError, cli_entry
+from smitunet.evaluation.ensemble import ENSEMBLES_FOLDER, ensemble_name, ensure_probabilities, \
+    write_ensemble_crossval
 from smitunet.evaluation.evaluate import evaluate_pairs, json_safe, list_label_files
 from smitunet.evaluation.postprocessing import determine_postprocessing, save_postprocessing
 from smitunet.inference.model_folder import INFERENCE_INFORMATION_FILE
@@ -39,31 +48,75 @@ def validation_predictions(model_dir: Path, folds) -> dict[str, Path] | None:
 
 
 def reference_labels(dataset_name: str) -> dict[str, Path]:
+    return {case: Path(entry["label"]) for case, entry in raw_cases(dataset_name).items()}
+
+
+def raw_cases(dataset_name: str) -> dict[str, dict]:
     folder = raw_dir() / dataset_name
     if not (folder / "dataset.json").is_file():
         raise SmitunetError(f"{folder}: raw dataset not found; the cross-validation is evaluated against its labelsTr")
-    return {case: Path(entry["label"]) for case, entry in list_training_cases(folder).items()}
+    return list_training_cases(folder)
+
+
+def evaluate_predictions(predictions: dict[str, Path], references: dict[str, Path], labels: list[int],
+                         summary_file: Path, where: Path) -> dict:
+    missing = sorted(set(predictions) - set(references))
+    if missing:
+        raise SmitunetError(f"{where}: validation cases without raw labels: {', '.join(missing[:5])}")
+    pairs = [(case, references[case], predictions[case]) for case in sorted(predictions)]
+    summary = evaluate_pairs(pairs, labels)
+    save_json(json_safe(summary), summary_file)
+    return {"dice": summary["foreground_mean"]["dice"], "num_cases": len(pairs),
+            "pairs": [(r, p) for _, r, p in pairs]}
 
 
 def evaluate_model(model_dir: Path, folds, references: dict[str, Path], labels: list[int]) -> dict | None:
     predictions = validation_predictions(model_dir, folds)
     if predictions is None:
         return None
-    missing = sorted(set(predictions) - set(references))
-    if missing:
-        raise SmitunetError(f"{model_dir}: validation cases without raw labels: {', '.join(missing[:5])}")
-    pairs = [(case, references[case], predictions[case]) for case in sorted(predictions)]
-    summary = evaluate_pairs(pairs, labels)
-    save_json(json_safe(summary), model_dir / f"crossval_summary_folds_{'_'.join(folds)}.json")
-    return {"folder": model_dir, "dice": summary["foreground_mean"]["dice"], "num_cases": len(pairs),
-            "pairs": [(r, p) for _, r, p in pairs]}
+    result = evaluate_predictions(predictions, references, labels,
+                                  model_dir / f"crossval_summary_folds_{'_'.join(folds)}.json", model_dir)
+    return {"folder": model_dir, **result}
 
 
-def find_best(dataset: str | int, folds=DEFAULT_FOLDS, configurations=None, trainers=None, plans=None) -> dict:
+def evaluate_ensembles(candidates: list[dict], dataset_name: str, folds, labels: list[int],
+                       references: dict[str, Path], use_tta: bool = True, device: str = "auto") -> list[dict]:
+    """Every pair of candidates, their validation probabilities averaged per case."""
+    if len(candidates) < 2:
+        return []
+    cases = raw_cases(dataset_name)
+    for c in candidates:
+        ensure_probabilities(c["folder"], folds, cases, use_tta, device)
+    dataset_json = load_dataset_json(raw_dir() / dataset_name)
+    label_values = [int(v) for v in dataset_json["labels"].values()]
+    ensembles = []
+    for a, b in combinations(candidates, 2):
+        name = ensemble_name([a["folder"].name, b["folder"].name])
+        folder = results_dir() / dataset_name / ENSEMBLES_FOLDER / name
+        predictions = write_ensemble_crossval([a["folder"], b["folder"]], folds, folder / "crossval", label_values,
+                                              dataset_json["file_ending"])
+        result = evaluate_predictions(predictions, references, labels,
+                                      folder / f"crossval_summary_folds_{'_'.join(folds)}.json", folder)
+        members = [_identity(m) for m in (a, b)]
+        ensembles.append({"folder": folder, "name": name, "ensemble": True, "members": members, **result})
+        print(f"{name}: cross-validation mean Dice {result['dice']:.4f} ({result['num_cases']} cases)")
+    return ensembles
+
+
+def _identity(candidate: dict) -> dict:
+    return {k: candidate[k] for k in ("trainer", "plans", "configuration")}
+
+
+def _summary(c: dict) -> dict:
+    keys = ("name", "ensemble", "members", "dice", "num_cases") if c.get("ensemble") else \
+        ("trainer", "plans", "configuration", "dice", "num_cases")
+    return {k: c[k] for k in keys}
+
+
+def find_best(dataset: str | int, folds=DEFAULT_FOLDS, configurations=None, trainers=None, plans=None,
+              ensembling: bool = True, use_tta: bool = True, device: str = "auto") -> dict:
     dataset_name = resolve_dataset_name(dataset, search=("results", "raw", "preprocessed"))
     references = reference_labels(dataset_name)
-    from smitunet.dataset.raw import load_dataset_json
-
     labels = sorted(int(v) for v in load_dataset_json(raw_dir() / dataset_name)["labels"].values() if int(v) != 0)
     candidates, skipped = [], []
     for model_dir in sorted(p for p in (results_dir() / dataset_name).iterdir() if p.is_dir()):
@@ -80,18 +133,27 @@ def find_best(dataset: str | int, folds=DEFAULT_FOLDS, configurations=None, trai
     if not candidates:
         raise SmitunetError(f"{results_dir() / dataset_name}: no model has validation predictions for folds "
                             f"{', '.join(folds)}" + (f" (incomplete: {', '.join(skipped)})" if skipped else ""))
-    best = max(candidates, key=lambda c: c["dice"])
+    best_single = max(candidates, key=lambda c: c["dice"])
+    ensembles = evaluate_ensembles(candidates, dataset_name, folds, labels, references, use_tta, device) \
+        if ensembling else []
+    best_ensemble = max(ensembles, key=lambda c: c["dice"], default=None)
+    # an ensemble costs twice the prediction time: only strictly better wins
+    best = best_ensemble if best_ensemble and best_ensemble["dice"] > best_single["dice"] else best_single
     post = determine_postprocessing(best["pairs"], labels)
     save_postprocessing(post, best["folder"])
-    info = {"best": {k: best[k] for k in ("trainer", "plans", "configuration", "dice", "num_cases")},
-            "folds": list(folds), "postprocessing": post,
-            "candidates": [{k: c[k] for k in ("trainer", "plans", "configuration", "dice", "num_cases")}
-                           for c in candidates],
-            "incomplete": skipped,
-            "predict_command": f"smitunet_predict -d {dataset_name} -i INPUT -o OUTPUT -tr {best['trainer']} "
-                               f"-p {best['plans']} -c {best['configuration']} -f {' '.join(folds)}"}
+    info = {"best": _summary(best), "best_single": _summary(best_single), "folds": list(folds),
+            "postprocessing": post, "candidates": [_summary(c) for c in candidates],
+            "ensembles": [_summary(e) for e in ensembles], "incomplete": skipped,
+            "predict_command": _predict_command(dataset_name, best, folds)}
     save_json(json_safe(info), results_dir() / dataset_name / INFERENCE_INFORMATION_FILE)
     return info
+
+
+def _predict_command(dataset_name: str, best: dict, folds) -> str:
+    members = best["members"] if best.get("ensemble") else [_identity(best)]
+    spec = " ".join(f"-{flag} {' '.join(m[key] for m in members)}"
+                    for flag, key in (("tr", "trainer"), ("p", "plans"), ("c", "configuration")))
+    return f"smitunet_predict -d {dataset_name} -i INPUT -o OUTPUT {spec} -f {' '.join(folds)}"
 
 
 def _wanted(parts, configurations, trainers, plans) -> bool:
@@ -108,16 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-tr", "--trainers", nargs="+", default=None, help="only these trainers")
     p.add_argument("-p", "--plans", nargs="+", default=None, help="only these plans")
     p.add_argument("-f", "--folds", nargs="+", default=list(DEFAULT_FOLDS), help="folds (default 0 1 2 3 4)")
+    p.add_argument("--disable_ensembling", action="store_true", help="rank single models only, no pairs")
+    p.add_argument("--disable_tta", action="store_true",
+                   help="no mirroring when validation probabilities must be computed for ensembling (8x faster)")
+    p.add_argument("--device", default="auto", help="device for those computations: auto | cpu | cuda | cuda:N")
     return p
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    info = find_best(args.dataset, tuple(str(f) for f in args.folds), args.configurations, args.trainers, args.plans)
+    info = find_best(args.dataset, tuple(str(f) for f in args.folds), args.configurations, args.trainers, args.plans,
+                     ensembling=not args.disable_ensembling, use_tta=not args.disable_tta, device=args.device)
     best = info["best"]
     kept = info["postprocessing"]["keep_largest_component"]
-    print(f"best: {best['trainer']}__{best['plans']}__{best['configuration']} (Dice {best['dice']:.4f}); "
+    name = best["name"] if best.get("ensemble") else f"{best['trainer']}__{best['plans']}__{best['configuration']}"
+    print(f"best: {name} (Dice {best['dice']:.4f}); "
           f"largest-component postprocessing for labels: {', '.join(map(str, kept)) or 'none'}")
     print(f"predict with: {info['predict_command']}")
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smitunet.errors import SmitunetError
+from smitunet.evaluation.ensemble import ENSEMBLES_FOLDER, ensemble_name
 from smitunet.paths import resolve_dataset_name, results_dir
 
 _FOLD_RE = re.compile(r"^fold_(\d+|all)$")
@@ -78,6 +79,28 @@ def select_model(dataset: str | int | None = None, configuration: str | None = N
         raise SmitunetError(f"no trained model with checkpoint_{checkpoint_name}.pt matches in {where}{hint}")
     raise SmitunetError(f"{len(chosen)} trained models match in {where}: "
                         f"{', '.join(m.identifier for m in chosen)}; choose with -d / -c / -tr / -p")
+
+
+def select_models(dataset: str | int | None = None, configurations=None, trainers=None, plans=None,
+                  checkpoint_name: str = "final") -> list[TrainedModel]:
+    """One model per member: each of -c / -tr / -p gives one value (shared by all) or one per member."""
+    specs = {"configuration": configurations or [None], "trainer": trainers or [None], "plans": plans or [None]}
+    n = max(len(v) for v in specs.values())
+    bad = [f"{k} ({len(v)})" for k, v in specs.items() if len(v) not in (1, n)]
+    if bad:
+        raise SmitunetError(f"an ensemble of {n} models needs 1 or {n} values per option; got {', '.join(bad)}")
+    models = [select_model(dataset, *(specs[k][i if len(specs[k]) > 1 else 0]
+                                      for k in ("configuration", "trainer", "plans")), checkpoint_name)
+              for i in range(n)]
+    names = [m.identifier for m in models]
+    if len(set(names)) != len(names):
+        raise SmitunetError(f"the same model is named twice in the ensemble: {', '.join(names)}")
+    return models
+
+
+def ensemble_folder(models: list[TrainedModel]) -> Path:
+    """Where smitunet_find_best_configuration keeps an ensemble's postprocessing.json."""
+    return results_dir() / models[0].dataset / ENSEMBLES_FOLDER / ensemble_name([m.folder.name for m in models])
 
 
 def resolve_folds(model: TrainedModel, folds: list[str] | None, checkpoint_name: str) -> list[str]:

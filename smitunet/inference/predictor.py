@@ -1,5 +1,9 @@
 """Prediction engine: preprocess like training, sliding window per fold, average softmax, export per case.
 
+An ensemble of several trained models (e.g. two configurations, as picked by smitunet_find_best_configuration)
+averages the models' probabilities with equal weight: models sharing plans and configuration are averaged in
+their common preprocessed space; otherwise each model's mean is restored to the original geometry first.
+
 Memory per case: the preprocessed input, one float32 logit volume per fold in flight (softmaxed in place and
 added to the running mean), then the export. Cases are written atomically, so an interrupted run leaves
 only finished files and ``continue_prediction`` picks up where it stopped.
@@ -22,12 +26,14 @@ from tqdm import tqdm
 from smitunet.checkpoint_io import load_checkpoint
 from smitunet.errors import SmitunetError
 from smitunet.evaluation.postprocessing import load_postprocessing
-from smitunet.imageio import read_channels
-from smitunet.inference.export import export_case, probability_file
+from smitunet.evaluation.postprocessing import apply_postprocessing
+from smitunet.imageio import Geometry, read_channels, write_image
+from smitunet.inference.export import argmax_int16, export_case, label_lookup, probability_file
 from smitunet.inference.inputs import InputCase, find_input_cases
 from smitunet.inference.sliding_window import predict_sliding_window
 from smitunet.networks import create_network
 from smitunet.plans import Plans
+from smitunet.utils.files import save_npz
 
 
 @dataclass
@@ -172,34 +178,76 @@ def _finished(case: InputCase, output_dir: Path, need_probabilities: bool) -> bo
 
 
 class Predictor:
-    """Predict folders of cases with one trained model (all its chosen folds)."""
+    """Predict folders of cases with one trained model (all its chosen folds), or an ensemble of models."""
 
     def __init__(self, checkpoint_files: Sequence[Path], options: PredictionOptions | None = None,
-                 postprocessing: dict | None = None):
+                 postprocessing: dict | None = None, more_models: Sequence[Sequence[Path]] = ()):
         self.options = options or PredictionOptions()
         self.device = resolve_device(self.options.device)
-        self.model = FoldEnsemble([Path(p) for p in checkpoint_files], self.device)
+        self.models = [FoldEnsemble([Path(p) for p in files], self.device)
+                       for files in (checkpoint_files, *more_models)]
+        self.model = self.models[0]
+        _check_compatible(self.models)
+        self.groups = _group_by_preprocessing(self.models)
         self.postprocessing = postprocessing if self.options.apply_postprocessing else None
 
     @classmethod
     def from_model_folder(cls, model_dir: Path, folds: Sequence[str], checkpoint_name: str = "final",
                           options: PredictionOptions | None = None) -> "Predictor":
-        files = [Path(model_dir) / f"fold_{f}" / f"checkpoint_{checkpoint_name}.pt" for f in folds]
-        return cls(files, options, load_postprocessing(model_dir))
+        return cls.from_model_folders([(model_dir, folds)], checkpoint_name, options, load_postprocessing(model_dir))
 
-    def preprocess(self, case: InputCase):
+    @classmethod
+    def from_model_folders(cls, members: Sequence[tuple[Path, Sequence[str]]], checkpoint_name: str = "final",
+                           options: PredictionOptions | None = None,
+                           postprocessing: dict | None = None) -> "Predictor":
+        """``members``: (model folder, folds) per model; several members predict as an equal-weight ensemble."""
+        files = [[Path(d) / f"fold_{f}" / f"checkpoint_{checkpoint_name}.pt" for f in folds] for d, folds in members]
+        return cls(files[0], options, postprocessing, more_models=files[1:])
+
+    def preprocess(self, case: InputCase, model: "FoldEnsemble | None" = None):
         from smitunet.preprocessing.preprocessor import preprocess_case
 
+        model = model or self.model
         data, geometry = read_channels(case.channels)
-        data, _, properties = preprocess_case(data, geometry, self.model.plans, self.model.configuration)
+        data, _, properties = preprocess_case(data, geometry, model.plans, model.configuration)
         return data, properties
 
-    def predict_case(self, data: np.ndarray) -> np.ndarray:
-        return self.model.predict_probabilities(data, self.options)
+    def predict_case(self, data: np.ndarray, group: int = 0) -> np.ndarray:
+        """Mean probabilities of the models of one preprocessing group (all models when they share it)."""
+        models = self.groups[group]
+        mean = models[0].predict_probabilities(data, self.options)
+        for model in models[1:]:
+            mean += model.predict_probabilities(data, self.options)
+        mean /= len(models)
+        return mean
 
     def export(self, probabilities: np.ndarray, properties: dict, output_file: Path) -> None:
         export_case(probabilities, properties, self.model.plans, self.model.configuration, output_file,
                     self.postprocessing, self.options.save_probabilities)
+
+    def _prepare(self, case: InputCase) -> list[tuple[np.ndarray, dict]]:
+        return [self.preprocess(case, group[0]) for group in self.groups]
+
+    def _infer(self, prepared: list[tuple[np.ndarray, dict]]) -> list[tuple[np.ndarray, dict]]:
+        return [(self.predict_case(data, g), properties) for g, (data, properties) in enumerate(prepared)]
+
+    def _export(self, results: list[tuple[np.ndarray, dict]], output_file: Path) -> None:
+        if len(results) == 1:
+            self.export(*results[0], output_file)
+            return
+        from smitunet.preprocessing.preprocessor import restore_original_geometry
+
+        total = None
+        for (probabilities, properties), group in zip(results, self.groups):
+            restored = np.asarray(restore_original_geometry(probabilities, properties, group[0].plans,
+                                                            group[0].configuration, is_seg=False), dtype=np.float32)
+            restored *= len(group)   # equal weight per model
+            total = restored if total is None else np.add(total, restored, out=total)
+        total /= len(self.models)
+        labels = apply_postprocessing(label_lookup(self.model.plans)[argmax_int16(total)], self.postprocessing)
+        if self.options.save_probabilities:
+            save_npz(probability_file(output_file), probabilities=total)
+        write_image(labels, Geometry.from_dict(results[0][1]["geometry"]), output_file)
 
     def predict_folder(self, input_path: str | Path, output_dir: str | Path) -> list[Path]:
         """Predict every (remaining) case of ``input_path`` into ``output_dir``; returns the files written."""
@@ -215,9 +263,9 @@ class Predictor:
 
     def _run_one(self, case: InputCase, output_dir: Path) -> Path:
         start = time.perf_counter()
-        data, properties = self.preprocess(case)
+        prepared = self._prepare(case)
         out = output_file_for(case, output_dir)
-        self.export(self.predict_case(data), properties, out)
+        self._export(self._infer(prepared), out)
         self._record(case, start)
         return out
 
@@ -226,17 +274,17 @@ class Predictor:
         n = self.options.num_processes
         written, exports = [], deque()
         with ThreadPoolExecutor(n) as readers, ThreadPoolExecutor(n) as writers:
-            pending = deque(readers.submit(self.preprocess, c) for c in todo[:n])
+            pending = deque(readers.submit(self._prepare, c) for c in todo[:n])
             for i, case in enumerate(self._progress(todo)):
                 start = time.perf_counter()
-                data, properties = pending.popleft().result()
+                prepared = pending.popleft().result()
                 if i + n < len(todo):
-                    pending.append(readers.submit(self.preprocess, todo[i + n]))
-                probabilities = self.predict_case(data)
-                del data
+                    pending.append(readers.submit(self._prepare, todo[i + n]))
+                results = self._infer(prepared)
+                del prepared
                 out = output_file_for(case, output_dir)
-                exports.append(writers.submit(self.export, probabilities, properties, out))
-                del probabilities
+                exports.append(writers.submit(self._export, results, out))
+                del results
                 while len(exports) > n:
                     exports.popleft().result()
                 self._record(case, start)
@@ -251,3 +299,24 @@ class Predictor:
 
     def _record(self, case: InputCase, start: float) -> None:
         self.options.stats.setdefault("case_seconds", {})[case.name] = time.perf_counter() - start
+
+
+def _check_compatible(models: list[FoldEnsemble]) -> None:
+    first = models[0]
+    for m in models[1:]:
+        if m.plans.labels != first.plans.labels or m.plans.num_channels != first.plans.num_channels:
+            raise SmitunetError(f"ensemble: {m.plans.dataset_name}/{m.configuration} has other labels or channels "
+                                f"than {first.plans.dataset_name}/{first.configuration}; models cannot be ensembled")
+
+
+def _group_by_preprocessing(models: list[FoldEnsemble]) -> list[list[FoldEnsemble]]:
+    """Models whose plans and configuration are equal see identical preprocessed data: one group each."""
+    groups: list[list[FoldEnsemble]] = []
+    for m in models:
+        for group in groups:
+            if group[0].configuration == m.configuration and group[0].plans.to_dict() == m.plans.to_dict():
+                group.append(m)
+                break
+        else:
+            groups.append([m])
+    return groups
