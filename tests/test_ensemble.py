@@ -1,6 +1,7 @@
 """Ensembles of two trained models: cross-validation choice in find_best_configuration and prediction."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -82,6 +83,10 @@ def test_missing_validation_probabilities_are_predicted_once(smitunet_dirs, tmp_
     cases = list_training_cases(smitunet_dirs["raw"] / NAME)
     assert ensure_probabilities(model, ("0", "1"), cases, use_tta=False, device="cpu") == 2
     assert ensure_probabilities(model, ("0", "1"), cases, use_tta=False, device="cpu") == 0
+    stale = model / "fold_0" / "validation" / "c0.npz"   # older than a retrained fold's checkpoint: redone
+    os.utime(stale, (1, 1))
+    assert ensure_probabilities(model, ("0", "1"), cases, use_tta=False, device="cpu") == 1
+    assert stale.stat().st_mtime > 1
     with np.load(model / "fold_1" / "validation" / "c1.npz", allow_pickle=False) as npz:
         computed = npz["probabilities"]
     # the same as smitunet_predict --save_probabilities with that fold's checkpoint on the raw image

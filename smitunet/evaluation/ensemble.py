@@ -4,7 +4,7 @@ The probabilities of each fold's held-out cases are ``fold_F/validation/{case}.n
 (K, z, y, x) float32 in the case's original geometry), written by ``smitunet_train --npz``. Where a case lacks
 them, they are computed once with that fold's ``checkpoint_final.pt`` from the raw images (the prediction
 engine, so preprocessing and export equal ``smitunet_predict``) and stored under the same name, so a re-run
-costs nothing. The ensemble's labels go to ``results/DatasetXXX/ensembles/{name}/crossval/{case}{ending}``.
+costs nothing; a probability file older than the fold's checkpoint_final (an earlier training run) is redone. The ensemble's labels go to ``results/DatasetXXX/ensembles/{name}/crossval/{case}{ending}``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def ensure_probabilities(model_dir: Path, folds: Sequence[str], raw_cases: dict[
     """Compute the missing validation probabilities of ``model_dir``; returns how many were computed."""
     per_fold: dict[str, list[str]] = {}
     for case, fold in validation_cases_per_fold(model_dir, folds).items():
-        if not probability_file(model_dir, fold, case).is_file():
+        if not _is_current(probability_file(model_dir, fold, case), model_dir / f"fold_{fold}" / "checkpoint_final.pt"):
             per_fold.setdefault(fold, []).append(case)
     todo = sum(len(v) for v in per_fold.values())
     if todo:
@@ -60,6 +60,13 @@ def ensure_probabilities(model_dir: Path, folds: Sequence[str], raw_cases: dict[
     for fold, cases in per_fold.items():
         _predict_fold_probabilities(model_dir, fold, cases, raw_cases, use_tta, device)
     return todo
+
+
+def _is_current(probabilities: Path, checkpoint: Path) -> bool:
+    """Fold validation writes probabilities after checkpoint_final; older ones belong to an earlier run."""
+    if not probabilities.is_file():
+        return False
+    return not checkpoint.is_file() or probabilities.stat().st_mtime >= checkpoint.stat().st_mtime
 
 
 def _predict_fold_probabilities(model_dir: Path, fold: str, cases: list[str], raw_cases: dict[str, dict],
