@@ -61,7 +61,10 @@ def test_ensemble_beats_single_models_and_predict_uses_it(smitunet_dirs, tmp_pat
     expected = refs["c1"].copy()
     expected[0, 15, 15] = 1
     np.testing.assert_array_equal(crossval, expected)
-    assert not (a / "postprocessing.json").exists()
+    single_dir = smitunet_dirs["results"] / NAME / f"{info['best_single']['trainer']}__smitunetPlans__3d_fullres"
+    single_post = json.loads((single_dir / "postprocessing.json").read_text())  # for --disable_ensemble
+    weak = 2 if info["best_single"]["trainer"] == "A" else 1
+    assert single_post["per_label"][str(weak)]["dice_before"] == 0.0
 
     write_image(np.zeros(GEO.shape_zyx, np.float32), GEO, tmp_path / "in" / "x_0000.nii.gz")
     capsys.readouterr()

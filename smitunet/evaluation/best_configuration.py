@@ -141,6 +141,8 @@ def find_best(dataset: str | int, folds=DEFAULT_FOLDS, configurations=None, trai
     best = best_ensemble if best_ensemble and best_ensemble["dice"] > best_single["dice"] else best_single
     post = determine_postprocessing(best["pairs"], labels)
     save_postprocessing(post, best["folder"])
+    if best is not best_single:  # smitunet_predict --disable_ensemble uses the best single model
+        save_postprocessing(determine_postprocessing(best_single["pairs"], labels), best_single["folder"])
     info = {"best": _summary(best), "best_single": _summary(best_single), "folds": list(folds),
             "postprocessing": post, "candidates": [_summary(c) for c in candidates],
             "ensembles": [_summary(e) for e in ensembles], "incomplete": skipped,
