@@ -33,12 +33,13 @@ def test_checkpoint_is_weights_only_loadable_and_complete(tmp_path):
         network_config=NetworkConfig("smit_tiny", {"in_channels": 1}), state_dict=model.state_dict(), optimizer=opt,
         scheduler=schedule, scaler=torch.amp.GradScaler("cuda", enabled=False), epoch=3, logs=logs,
         extra={"best_ema_pseudo_dice": 0.7}, plans_dict={"plans_name": "p"}, configuration="3d_fullres",
-        trainer_name="SMITTrainer", dataset_json={"labels": {"background": 0}}, fold=0)
+        trainer_name="SMITTrainer", dataset_json={"labels": {"background": 0}}, fold=0, inference_mirror_axes=(1, 2))
     save_training_checkpoint(ckpt, tmp_path / "checkpoint_latest.pt")
     loaded = load_checkpoint(tmp_path / "checkpoint_latest.pt")  # torch.load(weights_only=True)
     for key in ("format", "kind", "version", "network", "state_dict", "optimizer", "scheduler", "scaler", "epoch",
                 "rng", "logs", "plans", "configuration", "trainer_name", "dataset_json", "fold"):
         assert key in loaded, key
+    assert loaded["inference_mirror_axes"] == [1, 2]
     assert loaded["kind"] == "training" and loaded["epoch"] == 3 and loaded["logs"]["train_loss"] == [0.5]
     assert torch.equal(loaded["state_dict"]["weight"], model.state_dict()["weight"])
     assert checkpoint_to_resume(tmp_path) == tmp_path / "checkpoint_latest.pt"

@@ -45,7 +45,7 @@ def restore_rng_state(state: dict) -> None:
 
 def build_training_checkpoint(*, network_config, state_dict, optimizer, scheduler, scaler, epoch: int, logs: dict,
                               extra: dict, plans_dict: dict, configuration: str, trainer_name: str,
-                              dataset_json: dict, fold) -> dict:
+                              dataset_json: dict, fold, inference_mirror_axes=(0, 1, 2)) -> dict:
     return {
         "format": "smitunet", "kind": "training", "version": 1,
         "network": {"name": network_config.name, "kwargs": dict(network_config.kwargs)},
@@ -62,6 +62,8 @@ def build_training_checkpoint(*, network_config, state_dict, optimizer, schedule
         "trainer_name": trainer_name,
         "dataset_json": dataset_json,
         "fold": fold if fold == "all" else int(fold),
+        # the axes the trainer allows test-time mirroring over; the predictor reads them
+        "inference_mirror_axes": [int(a) for a in (inference_mirror_axes or ())],
     }
 
 

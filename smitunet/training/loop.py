@@ -83,7 +83,8 @@ class TrainingLoop:
             scheduler=self.schedule, scaler=self.scaler, epoch=self.epoch, logs=self.logger.logs,
             extra={"ema_pseudo_dice": self.ema, "best_ema_pseudo_dice": self.best_ema, "seed": t.options.seed},
             plans_dict=t.plans.to_dict(), configuration=self.ctx.configuration, trainer_name=self.ctx.trainer_name,
-            dataset_json=self.ctx.dataset_json, fold=self.ctx.fold)
+            dataset_json=self.ctx.dataset_json, fold=self.ctx.fold,
+            inference_mirror_axes=t.validation_mirror_axes)
 
     def save(self, name: str) -> None:
         if self.dist.is_main:
