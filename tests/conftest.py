@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+PLUGIN_DIR = Path(__file__).parent / "plugin_trainer_example"
 
 
 @pytest.fixture(autouse=True)
@@ -40,3 +42,12 @@ def shared_path(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"../shared data not available: {p}")
     return p
+
+
+@pytest.fixture
+def plugin_path(monkeypatch):
+    """Make the example out-of-package trainer plug-in importable, and forget it afterwards."""
+    monkeypatch.syspath_prepend(str(PLUGIN_DIR))
+    yield
+    for name in [m for m in sys.modules if m.startswith("smitunet_example_trainers")]:
+        del sys.modules[name]

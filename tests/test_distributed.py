@@ -20,14 +20,6 @@ TRAINER = "smitunet_example_trainers.trainers:NoAugmentationTrainer"
 ARGS = ["901", "3d_fullres", "0", "-tr", TRAINER, "--epochs", "2", "--iters_per_epoch", "2", "--num_workers", "0"]
 
 
-@pytest.fixture
-def plugin_path(monkeypatch):
-    monkeypatch.syspath_prepend(str(PLUGIN_DIR))
-    yield
-    for name in [m for m in sys.modules if m.startswith("smitunet_example_trainers")]:
-        del sys.modules[name]
-
-
 def test_two_process_torchrun_matches_single_process(smitunet_dirs, tmp_path, monkeypatch, plugin_path, capsys):
     make_preprocessed_dataset(smitunet_dirs["preprocessed"], batch_size=2)
     ddp_results = tmp_path / "ddp_results"

@@ -51,14 +51,6 @@ def train_fails(args: list[str], capsys) -> str:
 
 
 @pytest.fixture
-def plugin_path(monkeypatch):
-    monkeypatch.syspath_prepend(str(PLUGIN_DIR))
-    yield
-    for name in [m for m in sys.modules if m.startswith("smitunet_example_trainers")]:
-        del sys.modules[name]
-
-
-@pytest.fixture
 def dataset(smitunet_dirs):
     make_preprocessed_dataset(smitunet_dirs["preprocessed"])
     return smitunet_dirs
