@@ -33,6 +33,7 @@ from smitunet.inference.inputs import InputCase, find_input_cases
 from smitunet.inference.sliding_window import predict_sliding_window
 from smitunet.networks import create_network
 from smitunet.plans import Plans
+from smitunet.utils.device import resolve_device
 from smitunet.utils.files import save_npz
 
 
@@ -51,15 +52,6 @@ class PredictionOptions:
     apply_postprocessing: bool = True
     progress: bool | None = None         # None: when stderr is a terminal
     stats: dict = field(default_factory=dict)  # filled with tiles / forward_seconds / seconds per case
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SmitunetError("--device cuda was requested but no CUDA GPU is available")
-    return device
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -15,6 +15,7 @@ from smitunet.pretraining.config import METHODS, PretrainSettings
 from smitunet.pretraining.data import PRETRAIN_CONFIGURATION, collect_sources, derived_plans, preprocess_sources
 from smitunet.pretraining.trainer import PretrainingRun, RunOptions
 from smitunet.training.distributed import barrier, init_distributed, shutdown_distributed
+from smitunet.utils.device import resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,12 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     return p
-
-
-def _device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SmitunetError("--device cuda: no CUDA device is available")
-    return torch.device("cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def settings_from_args(args) -> PretrainSettings:
@@ -116,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     if plans is None:
         network = NetworkConfig(preset, {"patch_size": patch})
         plans = derived_plans(sources, channel_names, args.spacing, network, seed=args.seed)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     dist_ctx = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", dist_ctx.local_rank)

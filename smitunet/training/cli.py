@@ -13,6 +13,7 @@ from smitunet.plans import DEFAULT_PLANS_NAME, Plans
 from smitunet.training.distributed import init_distributed, shutdown_distributed
 from smitunet.training.registry import DEFAULT_TRAINER, get_trainer_class, trainer_name_for_folder
 from smitunet.training.trainer import TrainingContext, TrainingOptions
+from smitunet.utils.device import resolve_device
 from smitunet.utils.files import load_json
 
 
@@ -49,14 +50,6 @@ def _fold(text: str) -> str | int:
     raise SmitunetError(f"fold must be 0-4 or 'all', got {text!r}")
 
 
-def _device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SmitunetError("--device cuda: no CUDA device is available")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
-
-
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise SmitunetError(f"{name} must be at least 1, got {value}")
@@ -77,7 +70,7 @@ def make_trainer(args):
     if not (dataset_dir / "dataset.json").is_file():
         raise SmitunetError(f"{dataset_dir / 'dataset.json'}: missing; re-run smitunet_plan_and_preprocess")
     plans.configuration(args.configuration)  # unknown configuration: one line listing the available ones
-    device = _device(args.device)
+    device = resolve_device(args.device)
     dist_ctx = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", dist_ctx.local_rank)
