@@ -54,6 +54,7 @@ def run_nnunet(tag: str, epochs: int, iters: int, budget_s: float | None, valida
               "stopped_by_budget": r["stopped_by_budget"], "train_wall_s": r["train_wall_s"],
               "epoch_s": _steady([e["epoch_s"] for e in r["epochs"]]),
               "train_s_per_iter": _steady([e["train_s"] / e["iters"] for e in r["epochs"]]),
+              "epoch_overhead_s": _steady([e["epoch_s"] - e["train_s"] for e in r["epochs"]]),
               "data_wait_fraction": _steady([e["data_wait_fraction"] for e in r["epochs"]]),
               "startup_s": r["train_wall_s"] - sum(e["epoch_s"] for e in r["epochs"]),
               "patch_size": r["patch_size"], "batch_size": r["batch_size"], "raw": r}
@@ -110,6 +111,8 @@ def run_smitunet(tag: str, epochs: int, iters: int, budget_s: float | None, vali
     result = {"measurement": m, "epochs_done": len(rows), "planned_epochs": epochs, "iters": iters,
               "stopped_by_budget": stopped_by_budget, "train_wall_s": train_wall_s,
               "epoch_s": _steady([r["epoch_time"] for r in rows]),
+              "train_s_per_iter": _steady([r["train_time"] / iters for r in rows]),
+              "epoch_overhead_s": _steady([r["epoch_time"] - r["train_time"] for r in rows]),
               "data_wait_fraction": _steady([r["data_wait_fraction"] for r in rows]),
               "startup_s": train_wall_s - sum(r["epoch_time"] for r in rows), **_smitunet_plan()}
     if validate:
@@ -143,6 +146,13 @@ def read_dice(summary_path: Path) -> dict:
 
 
 def budget_epochs(calibration: dict, iters_calibration: int, iters: int, budget_s: float) -> int:
-    """Epochs of ``iters`` iterations that fit in the budget after the measured start-up."""
-    epoch_s = calibration["epoch_s"] * iters / iters_calibration
+    """Epochs of ``iters`` iterations that fit in the budget after the measured start-up.
+
+    An epoch is its training iterations plus a per-epoch overhead (pseudo-validation, loader start-up). Scaling
+    the whole short calibration epoch by ``iters`` would count that overhead ``iters / iters_calibration`` times
+    and leave a third of the budget unused; the overhead is scaled by the validation batches instead, which
+    over-counts its fixed part a little (both tools alike).
+    """
+    overhead = calibration["epoch_overhead_s"] * val_iters(iters) / val_iters(iters_calibration)
+    epoch_s = calibration["train_s_per_iter"] * iters + overhead
     return max(1, int((budget_s - calibration["startup_s"]) // epoch_s))

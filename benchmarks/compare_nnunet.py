@@ -92,6 +92,9 @@ class Phases:
 def train_both(phases: Phases, s: Settings, pretrained: Path | None) -> None:
     if s.budget_s is None:
         phases.run("train_smitunet", run_smitunet, "quick", s.fixed_epochs, s.iters_per_epoch, None, True)
+        if pretrained:  # proves the --pretrained path end to end; its Dice means nothing after 6 iterations
+            phases.run("train_smitunet_pretrained", run_smitunet, "quick_pretrained", s.fixed_epochs,
+                       s.iters_per_epoch, None, True, pretrained)
         phases.run("train_nnunet", run_nnunet, "quick", s.fixed_epochs, s.iters_per_epoch, None, True)
         return
     cal_su = phases.run("calibrate_smitunet", run_smitunet, "calibration", 2, s.calibration_iters, None, False)
@@ -125,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="a smitunet_pretrain checkpoint: also train smitunet from it under the same budget")
     p.add_argument("--quick", action="store_true",
                    help="smoke run (< 10 min on 2 idle cores): 2x3 training iterations each, 4 validation cases, "
-                        "2 prediction cases; its Dice is not a budget comparison")
+                        "2 prediction cases (and, with --pretrained, the same tiny fine-tune from it); its Dice is not a "
+                        "budget comparison")
     p.add_argument("--iters-per-epoch", type=int, default=25, help="iterations per epoch in the budgeted runs")
     p.add_argument("--predict-cases", type=int, default=10, help="fold-0 validation cases timed in prediction")
     p.add_argument("--val-cases", type=int, default=None,

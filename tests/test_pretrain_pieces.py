@@ -145,6 +145,30 @@ def test_heads_shapes_and_pixel_shuffle_layout():
     assert logits.shape == (3, 7, 10) and logits.abs().max() <= 1.0 + 1e-5   # cosine to unit prototypes
 
 
+def test_batchnorm_head_gives_the_teacher_a_sharp_target_from_the_first_step():
+    # Crops of one body region pool to nearly the same feature vector: a large common part, small differences.
+    torch.manual_seed(0)
+    pooled = torch.randn(1, 48) + 0.05 * torch.randn(8, 48)
+
+    def teacher_entropy(batch_norm: bool) -> float:
+        torch.manual_seed(1)
+        head = ProjectionHead(48, out_dim=256, hidden_dim=64, bottleneck_dim=32, batch_norm=batch_norm)
+        with torch.no_grad():
+            logits = head(pooled)
+        probs = teacher_probabilities(logits, logits.mean(0, keepdim=True), 0.04)
+        return float(-(probs * probs.log()).sum(-1).mean())
+
+    uniform = math.log(256)
+    assert teacher_entropy(False) > uniform - 0.05       # plain MLP head: centring leaves a uniform target
+    assert teacher_entropy(True) < uniform - 2.0         # BatchNorm head: per-sample targets from step 0
+
+
+def test_projection_head_flattens_tokens_for_batchnorm():
+    head = ProjectionHead(6, out_dim=10, hidden_dim=8, bottleneck_dim=4).train()
+    tokens = torch.randn(3, 7, 6)
+    assert torch.allclose(head(tokens).reshape(21, 10), head(tokens.reshape(21, 6)), atol=1e-6)
+
+
 def test_smart_and_gmim_masks():
     student = tiny_student("gmim")
     views = np.random.default_rng(0).normal(size=(4, 1, *PATCH)).astype(np.float32)

@@ -35,3 +35,13 @@ def test_stop_when_predicate(tmp_path):
     m = run_measured([sys.executable, "-c", script], stop_when=lambda elapsed: flag.exists())
     assert m.stopped_early and not m.timed_out
     assert m.wall_s < 20
+
+
+def test_budget_epochs_counts_the_per_epoch_overhead_once_per_epoch():
+    from _train_side import budget_epochs
+
+    # 4-iteration calibration epochs: 2 s per iteration plus 6 s of pseudo-validation and loader start-up.
+    calibration = {"train_s_per_iter": 2.0, "epoch_overhead_s": 6.0, "startup_s": 20.0}
+    # 25-iteration epochs run 5 validation batches instead of 1: 50 s + 30 s per epoch.
+    assert budget_epochs(calibration, 4, 25, 20.0 + 10 * 80.0) == 10
+    assert budget_epochs(calibration, 4, 25, 30.0) == 1   # never fewer than one epoch

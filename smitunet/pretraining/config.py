@@ -24,6 +24,7 @@ class PretrainSettings:
     out_dim: int = 1024                     # projection-head prototypes
     hidden_dim: int = 512
     bottleneck_dim: int = 128
+    head_batch_norm: bool = True            # DINO's use_bn head: see heads.ProjectionHead
     student_temperature: float = 0.1
     teacher_temperature: float = 0.07
     warmup_teacher_temperature: float = 0.04

@@ -35,12 +35,27 @@ class ReconstructionHead(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """MLP -> L2-normalised bottleneck -> cosine layer to ``out_dim`` prototypes (weight norm with unit gain)."""
+    """MLP -> L2-normalised bottleneck -> cosine layer to ``out_dim`` prototypes (weight norm with unit gain).
 
-    def __init__(self, in_features: int, out_dim: int = 1024, hidden_dim: int = 512, bottleneck_dim: int = 128):
+    ``batch_norm`` puts BatchNorm after each hidden layer (DINO's ``use_bn`` head). Pooled features of a fresh
+    encoder differ by only a few per cent between crops, so without it every sample maps to almost the same
+    prototype mix, centring cancels it and the teacher's target is uniform (loss stuck at ln out_dim) for
+    thousands of steps; batch statistics put the differences between samples on the unit scale from step 0.
+    """
+
+    def __init__(self, in_features: int, out_dim: int = 1024, hidden_dim: int = 512, bottleneck_dim: int = 128,
+                 batch_norm: bool = True):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_features, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
-                                 nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim))
+        layers: list[nn.Module] = []
+        width = in_features
+        for _ in range(2):
+            layers.append(nn.Linear(width, hidden_dim))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.GELU())
+            width = hidden_dim
+        layers.append(nn.Linear(hidden_dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
         self.prototypes = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
         for m in self.mlp:
             if isinstance(m, nn.Linear):
@@ -49,5 +64,7 @@ class ProjectionHead(nn.Module):
         nn.init.trunc_normal_(self.prototypes, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x), dim=-1)
-        return F.linear(x, F.normalize(self.prototypes, dim=-1))
+        leading = x.shape[:-1]
+        z = self.mlp(x.reshape(-1, x.shape[-1]))  # BatchNorm1d wants (items, features)
+        z = F.normalize(z, dim=-1)
+        return F.linear(z, F.normalize(self.prototypes, dim=-1)).view(*leading, -1)

@@ -18,7 +18,8 @@ from smitunet.pretraining.heads import ProjectionHead, ReconstructionHead
 
 class PretrainNetwork(nn.Module):
     def __init__(self, encoder: nn.Module, in_channels: int, strides: Sequence[Sequence[int]], out_dim: int = 1024,
-                 hidden_dim: int = 512, bottleneck_dim: int = 128, stage_mask_tokens: bool = False):
+                 hidden_dim: int = 512, bottleneck_dim: int = 128, stage_mask_tokens: bool = False,
+                 head_batch_norm: bool = True):
         super().__init__()
         self.encoder = encoder
         self.num_stages = encoder.num_stages
@@ -29,8 +30,8 @@ class PretrainNetwork(nn.Module):
         self.stage_factors = [[a // b for a, b in zip(levels[i + 1], levels[1])] for i in range(self.num_stages)]
         width = encoder.channels[self.num_stages - 1]
         self.reconstruction_head = ReconstructionHead(width, in_channels, self.feature_stride)
-        self.patch_head = ProjectionHead(width, out_dim, hidden_dim, bottleneck_dim)
-        self.global_head = ProjectionHead(width, out_dim, hidden_dim, bottleneck_dim)
+        self.patch_head = ProjectionHead(width, out_dim, hidden_dim, bottleneck_dim, head_batch_norm)
+        self.global_head = ProjectionHead(width, out_dim, hidden_dim, bottleneck_dim, head_batch_norm)
         # GMIM: one learnable token per deeper stage (pretraining only, never exported).
         self.stage_mask_tokens = nn.ParameterList(
             nn.Parameter(torch.zeros(encoder.channels[i])) for i in range(1, self.num_stages)) \

@@ -83,7 +83,11 @@ class PretrainingRun:
         kwargs = self.network["kwargs"]
         self.student = PretrainNetwork(model.encoder, in_channels, kwargs["strides"], settings.out_dim,
                                        settings.hidden_dim, settings.bottleneck_dim,
-                                       stage_mask_tokens=settings.method == "gmim").to(self.device)
+                                       stage_mask_tokens=settings.method == "gmim",
+                                       head_batch_norm=settings.head_batch_norm).to(self.device)
+        if self.dist.enabled and self.device.type == "cuda":  # head statistics over the global batch (DINO);
+            # SyncBatchNorm has no CPU kernel, so gloo runs keep per-process statistics
+            self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
         del model
         self.teacher = make_teacher(self.student)
         self.grid = [p // s for p, s in zip(options.patch, self.student.token_stride)]

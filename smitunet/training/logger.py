@@ -11,7 +11,9 @@ from pathlib import Path
 from smitunet.utils.files import atomic_path, save_json
 
 # Per-epoch series kept in the checkpoint ("logs") so a resumed run continues the same curves.
-LOG_KEYS = ("train_loss", "val_loss", "pseudo_dice", "ema_pseudo_dice", "lr", "epoch_time", "data_wait_fraction")
+# train_time: the training iterations alone (epoch_time adds the pseudo-validation).
+LOG_KEYS = ("train_loss", "val_loss", "pseudo_dice", "ema_pseudo_dice", "lr", "epoch_time", "train_time",
+            "data_wait_fraction")
 
 
 def empty_logs() -> dict:

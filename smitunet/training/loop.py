@@ -104,7 +104,8 @@ class TrainingLoop:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
-        self.logger.logs = {key: list(state["logs"].get(key, [])) for key in empty_logs()}
+        done = len(state["logs"]["train_loss"])  # a key added since the checkpoint was written: NaN so far
+        self.logger.logs = {key: list(state["logs"].get(key, [float("nan")] * done)) for key in empty_logs()}
         extra = state.get("trainer_state", {})
         self.ema, self.best_ema = extra.get("ema_pseudo_dice"), extra.get("best_ema_pseudo_dice")
         ckpt.restore_rng_state(state["rng"])
@@ -164,7 +165,8 @@ class TrainingLoop:
             train_time = time.perf_counter() - start
             wait = stream.wait_seconds - wait_before
             val_loss, dice = self.validate_patches(val_cases, shard)
-            self.end_epoch(float(np.mean(losses)), val_loss, dice, lr, time.perf_counter() - start, wait / train_time)
+            self.end_epoch(float(np.mean(losses)), val_loss, dice, lr, time.perf_counter() - start, wait / train_time,
+                           train_time)
 
     def validate_patches(self, val_cases: PreprocessedCases, shard) -> tuple[float, list[float]]:
         t = self.trainer
@@ -185,7 +187,7 @@ class TrainingLoop:
         return float(totals[0] / totals[1]), dice
 
     def end_epoch(self, train_loss: float, val_loss: float, dice: list[float], lr: float, epoch_time: float,
-                  wait_fraction: float) -> None:
+                  wait_fraction: float, train_time: float = float("nan")) -> None:
         values = torch.tensor([train_loss, wait_fraction], dtype=torch.float64, device=self.device)
         train_loss, wait_fraction = (all_reduce_sum(values, self.dist) / self.dist.world_size).tolist()
         mean_dice = float(np.nanmean(dice)) if not all(np.isnan(dice)) else 0.0
@@ -193,7 +195,8 @@ class TrainingLoop:
         self.ema = mean_dice if self.ema is None else m * self.ema + (1 - m) * mean_dice
         self.logger.record_epoch(train_loss=train_loss, val_loss=val_loss,
                                  pseudo_dice=[float(np.nan_to_num(d)) for d in dice], ema_pseudo_dice=self.ema,
-                                 lr=lr, epoch_time=epoch_time, data_wait_fraction=wait_fraction)
+                                 lr=lr, epoch_time=epoch_time, train_time=train_time,
+                                 data_wait_fraction=wait_fraction)
         self.epoch += 1
         dice_text = ", ".join(f"{d:.4f}" for d in dice)
         self.log(f"epoch {self.epoch - 1}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, pseudo Dice "
