@@ -187,7 +187,7 @@ class TrainingLoop:
         return float(totals[0] / totals[1]), dice
 
     def end_epoch(self, train_loss: float, val_loss: float, dice: list[float], lr: float, epoch_time: float,
-                  wait_fraction: float, train_time: float = float("nan")) -> None:
+                  wait_fraction: float, train_time: float) -> None:
         values = torch.tensor([train_loss, wait_fraction], dtype=torch.float64, device=self.device)
         train_loss, wait_fraction = (all_reduce_sum(values, self.dist) / self.dist.world_size).tolist()
         mean_dice = float(np.nanmean(dice)) if not all(np.isnan(dice)) else 0.0
