@@ -25,8 +25,7 @@ from tqdm import tqdm
 
 from smitunet.checkpoint_io import load_checkpoint
 from smitunet.errors import SmitunetError
-from smitunet.evaluation.postprocessing import load_postprocessing
-from smitunet.evaluation.postprocessing import apply_postprocessing
+from smitunet.evaluation.postprocessing import apply_postprocessing, load_postprocessing
 from smitunet.imageio import Geometry, read_channels, write_image
 from smitunet.inference.export import argmax_int16, export_case, label_lookup, probability_file
 from smitunet.inference.inputs import InputCase, find_input_cases
