@@ -2,35 +2,47 @@
 
 Steps (each through the product's own commands, in an isolated work folder; finished steps are reused):
 1. convert the MSD Task04_Hippocampus folder to the raw format, plan and preprocess it (``--preset``);
-2. pretrain the encoder on every Hippocampus image, labels unused (``smitunet_pretrain --plans``);
+2. pretrain the encoder on every Hippocampus image, labels unused (``smitunet_pretrain --plans``), for
+   ``--pretrain_epochs`` or, with ``--pretrain_minutes``, for as many epochs as a short calibration run says fit;
 3. write ``splits_final.json`` whose fold 0 trains on ``--num_train`` labelled cases and validates on
    ``--num_eval`` other cases;
-4. fine-tune fold 0 twice under the same budget: from scratch, and with ``--pretrained smit.pt``;
-5. print the fold-validation Dice (mean over the anterior/posterior labels) of both and the difference.
+4. fine-tune fold 0 under the same budget for every seed of ``--finetune_seeds``: from scratch, and with
+   ``--pretrained smit.pt`` for each trainer of ``--pretrained_trainers`` (``SMITTrainerEncoderLR1`` of
+   ``label_efficiency_trainers.py`` trains the pretrained encoder at the decoder's learning rate);
+5. print and write (``label_efficiency_<method>.{json,md}`` in the work folder) the fold-validation Dice (mean
+   over the anterior/posterior labels) of every run, the mean over seeds and the differences.
 
-Example (CPU, small budget)::
+``--jobs N`` runs up to N commands at once (scratch fine-tunes alongside pretraining): for a GPU with many CPU
+cores. CPU example (small budget)::
 
-    python benchmarks/label_efficiency.py --pretrain_epochs 10 --pretrain_iters 50 \
-        --finetune_epochs 20 --finetune_iters 25 --threads 2
+    python benchmarks/label_efficiency.py --preset smit_small --pretrain_epochs 12 --pretrain_iters 25 \
+        --pretrain_batch 4 --finetune_epochs 10 --finetune_iters 25 --threads 2 --device cpu
 
-The target is pretrained >= scratch + 3 Dice points with a realistic budget (GPU: the defaults of the
-commands); tiny CPU budgets mostly measure noise, so the budgets are printed with the result.
+GPU example (4 minutes of pretraining, three seeds, two pretrained variants)::
+
+    python benchmarks/label_efficiency.py --preset smit_small --pretrain_minutes 4 --pretrain_batch 16 \
+        --finetune_seeds 0 1 2 --pretrained_trainers SMITTrainer SMITTrainerEncoderLR1 --jobs 10 --device cuda
+
+The target is pretrained >= scratch + 3 Dice points; the budgets are printed with the result.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "Dataset004_Hippocampus"
+PLUGIN_TRAINERS = {"SMITTrainerEncoderLR1": "label_efficiency_trainers:SMITTrainerEncoderLR1"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,40 +52,81 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", default="smit_tiny")
     p.add_argument("--method", default="smit", choices=("smit", "smart", "gmim"))
     p.add_argument("--pretrain_epochs", type=int, default=10)
+    p.add_argument("--pretrain_minutes", type=float, default=None,
+                   help="pretrain for about this long instead of --pretrain_epochs (a 2-epoch calibration run "
+                        "measures the time per step first)")
     p.add_argument("--pretrain_iters", type=int, default=50)
     p.add_argument("--pretrain_batch", type=int, default=4)
+    p.add_argument("--pretrain_workers", type=int, default=2)
     p.add_argument("--export_weights", default="student", choices=("teacher", "student"),
                    help="encoder written to smit.pt; short runs keep the EMA teacher near its initialisation, so "
                         "the student is the default here (default %(default)s)")
     p.add_argument("--finetune_epochs", type=int, default=20)
     p.add_argument("--finetune_iters", type=int, default=25)
+    p.add_argument("--finetune_seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--finetune_workers", type=int, default=0)
+    p.add_argument("--pretrained_trainers", nargs="+", default=["SMITTrainer"],
+                   choices=["SMITTrainer", *PLUGIN_TRAINERS])
     p.add_argument("--num_train", type=int, default=10)
     p.add_argument("--num_eval", type=int, default=40)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and of pretraining")
     p.add_argument("--threads", type=int, default=2, help="torch threads per command (CPU)")
+    p.add_argument("--jobs", type=int, default=1, help="commands run at once")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--fresh", action="store_true", help="redo every step instead of reusing finished ones")
     return p.parse_args(argv)
 
 
-def run(cmd: list[str], env: dict[str, str], log: Path) -> float:
-    """Run one product command, its output appended to ``log``; returns the wall time in seconds."""
-    start = time.time()
-    print(f"$ {' '.join(cmd)}", flush=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
-        f.write(f"$ {' '.join(cmd)}\n")
-        f.flush()
-        done = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        sys.exit(f"command failed (exit {done.returncode}); see {log}")
-    return time.time() - start
+@dataclass
+class Job:
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    log: Path
+    after: list[str] = field(default_factory=list)   # jobs that must have finished first
+    process: subprocess.Popen | None = None
+    started: float = 0.0
+    seconds: float | None = None
+
+
+def run_jobs(jobs: list[Job], max_running: int) -> dict[str, float]:
+    """Run the jobs, at most ``max_running`` at once, each after its dependencies; stop everything at the first
+    failure (its log's tail is printed). Returns each job's wall time."""
+    pending, running, done = list(jobs), [], {}
+    while pending or running:
+        for job in [j for j in pending if all(a in done for a in j.after)]:
+            if len(running) >= max_running:
+                break
+            print(f"[{time.strftime('%H:%M:%S')}] start {job.name}: {' '.join(job.cmd)}", flush=True)
+            job.log.parent.mkdir(parents=True, exist_ok=True)
+            with open(job.log, "a") as f:
+                f.write(f"$ {' '.join(job.cmd)}\n")
+                job.process = subprocess.Popen(job.cmd, env=job.env, stdout=f, stderr=subprocess.STDOUT)
+            job.started = time.time()
+            pending.remove(job)
+            running.append(job)
+        time.sleep(0.5)
+        for job in list(running):
+            code = job.process.poll()
+            if code is None:
+                continue
+            running.remove(job)
+            if code != 0:
+                for other in running:
+                    other.process.kill()
+                tail = job.log.read_text().splitlines()[-15:]
+                sys.exit(f"{job.name} failed (exit {code}); last lines of {job.log}:\n" + "\n".join(tail))
+            done[job.name] = time.time() - job.started
+            print(f"[{time.strftime('%H:%M:%S')}] done {job.name} in {done[job.name]:.0f} s", flush=True)
+    return done
 
 
 def environment(work: Path, results: str, threads: int) -> dict[str, str]:
     env = dict(os.environ)
+    path = [str(Path(__file__).resolve().parent), env.get("PYTHONPATH", "")]
     env.update(smitunet_raw=str(work / "raw"), smitunet_preprocessed=str(work / "preprocessed"),
-               smitunet_results=str(work / results), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+               smitunet_results=str(work / results), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join(p for p in path if p))
     return env
 
 
@@ -89,11 +142,38 @@ def write_splits(preprocessed: Path, num_train: int, num_eval: int, seed: int) -
     return split
 
 
-def fold_dice(work: Path, results: str) -> dict:
-    folder = work / results / DATASET / "SMITTrainer__smitunetPlans__3d_fullres" / "fold_0" / "validation"
-    summary = json.loads((folder / "summary.json").read_text())
+def validation_summary(work: Path, results: str, trainer: str) -> Path:
+    return (work / results / DATASET / f"{trainer}__smitunetPlans__3d_fullres" / "fold_0" / "validation"
+            / "summary.json")
+
+
+def fold_dice(summary_path: Path) -> dict:
+    summary = json.loads(summary_path.read_text())
     per_label = {k: v["dice"] for k, v in summary["mean"].items()}
     return {"mean": summary["foreground_mean"]["dice"], "per_label": per_label, "cases": len(summary["metric_per_case"])}
+
+
+def pretrain_command(args, plans: Path, output: Path, epochs: int, iters: int) -> list[str]:
+    return ["smitunet_pretrain", "-o", str(output), "-d", "4", "--plans", str(plans), "-c", "3d_fullres",
+            "--method", args.method, "--epochs", str(epochs), "--iters_per_epoch", str(iters),
+            "--batch_size", str(args.pretrain_batch), "--seed", str(args.seed), "--device", args.device,
+            "--export_weights", args.export_weights, "--num_workers", str(args.pretrain_workers)]
+
+
+def calibrated_epochs(args, plans: Path, work: Path, env: dict[str, str]) -> tuple[int, float]:
+    """Epochs of ``--pretrain_iters`` steps that fit ``--pretrain_minutes``, from the second epoch of a short run
+    (the first holds start-up and warm-up)."""
+    out = work / "calibration" / "smit.pt"
+    iters = max(5, min(args.pretrain_iters, 20))
+    if not out.with_name("smit_log.json").is_file():
+        run_jobs([Job("pretrain_calibration", pretrain_command(args, plans, out, 2, iters), env,
+                      work / "logs" / "pretrain_calibration.log")], 1)
+    rows = json.loads(out.with_name("smit_log.json").read_text())
+    seconds_per_step = rows[-1]["epoch_time"] / iters
+    epochs = max(1, math.floor(args.pretrain_minutes * 60 / (seconds_per_step * args.pretrain_iters)))
+    print(f"calibration: {seconds_per_step:.3f} s per pretraining step -> {epochs} x {args.pretrain_iters} steps",
+          flush=True)
+    return epochs, seconds_per_step
 
 
 def main(argv=None) -> None:
@@ -104,56 +184,82 @@ def main(argv=None) -> None:
 
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    log, times = work / "commands.log", {}
+    logs, times = work / "logs", {}
     env = environment(work, "results_scratch", args.threads)
     preprocessed = work / "preprocessed" / DATASET
     plans = preprocessed / "smitunetPlans.json"
     if not (work / "raw" / DATASET / "dataset.json").is_file():
         (work / "raw").mkdir(exist_ok=True)
-        times["convert"] = run(["smitunet_convert_msd", "-i", str(args.msd), "-d", "4"], env, log)
+        times |= run_jobs([Job("convert", ["smitunet_convert_msd", "-i", str(args.msd), "-d", "4"], env,
+                               logs / "convert.log")], 1)
     if not plans.is_file():
-        times["plan_and_preprocess"] = run(["smitunet_plan_and_preprocess", "-d", "4", "--preset", args.preset,
-                                            "-c", "3d_fullres", "-np", str(args.threads)], env, log)
+        times |= run_jobs([Job("plan_and_preprocess", [
+            "smitunet_plan_and_preprocess", "-d", "4", "--preset", args.preset, "-c", "3d_fullres",
+            "-np", str(max(args.threads, args.jobs))], env, logs / "plan_and_preprocess.log")], 1)
     split = write_splits(preprocessed, args.num_train, args.num_eval, args.seed)
     smit = work / f"smit_{args.method}.pt"
+    jobs, pretrain_after, calibration = [], [], None
+    if args.pretrain_minutes is not None and not smit.is_file():
+        args.pretrain_epochs, calibration = calibrated_epochs(args, plans, work, env)
     if not smit.is_file():
-        times["pretrain"] = run(["smitunet_pretrain", "-o", str(smit), "-d", "4", "--plans", str(plans),
-                                 "-c", "3d_fullres", "--method", args.method, "--epochs", str(args.pretrain_epochs),
-                                 "--iters_per_epoch", str(args.pretrain_iters), "--batch_size", str(args.pretrain_batch),
-                                 "--seed", str(args.seed), "--device", args.device, "--export_weights", args.export_weights],
-                               env, log)
+        jobs.append(Job("pretrain", pretrain_command(args, plans, smit, args.pretrain_epochs, args.pretrain_iters),
+                        env, logs / "pretrain.log"))
+        pretrain_after = ["pretrain"]
     budget = ["--epochs", str(args.finetune_epochs), "--iters_per_epoch", str(args.finetune_iters),
-              "--num_workers", "0", "--seed", str(args.seed), "--device", args.device]
-    results = {}
-    for variant, extra in (("scratch", []), ("pretrained", ["--pretrained", str(smit)])):
-        folder = f"results_{variant}_{args.method}" if variant == "pretrained" else "results_scratch"
-        summary = work / folder / DATASET / "SMITTrainer__smitunetPlans__3d_fullres" / "fold_0" / "validation" / "summary.json"
-        if args.fresh or not summary.is_file():
-            times[f"finetune_{variant}"] = run(["smitunet_train", "4", "3d_fullres", "0", *budget, *extra],
-                                               environment(work, folder, args.threads), log)
-        results[variant] = fold_dice(work, folder)
-    report(args, split, results, times, work)
+              "--num_workers", str(args.finetune_workers), "--device", args.device]
+    runs = {}  # variant -> seed -> (results folder, trainer folder name)
+    variants = [("scratch", "SMITTrainer", [])] + [
+        (f"pretrained_{t}", t, ["--pretrained", str(smit)]) for t in args.pretrained_trainers]
+    for variant, trainer, extra in variants:
+        for seed in args.finetune_seeds:
+            folder = f"results_{variant}_{args.method}_seed{seed}" if extra else f"results_scratch_seed{seed}"
+            runs.setdefault(variant, {})[seed] = (folder, trainer)
+            if args.fresh or not validation_summary(work, folder, trainer).is_file():
+                jobs.append(Job(f"{variant}_seed{seed}", [
+                    "smitunet_train", "4", "3d_fullres", "0", "-tr", PLUGIN_TRAINERS.get(trainer, trainer),
+                    *budget, "--seed", str(seed), *extra], environment(work, folder, args.threads),
+                    logs / f"{variant}_seed{seed}.log", after=pretrain_after if extra else []))
+    times |= run_jobs(jobs, max(1, args.jobs))
+    results = {variant: {seed: fold_dice(validation_summary(work, folder, trainer))
+                         for seed, (folder, trainer) in seeds.items()} for variant, seeds in runs.items()}
+    report(args, split, results, times, work, calibration)
 
 
-def report(args, split: dict, results: dict, times: dict, work: Path) -> None:
-    diff = 100 * (results["pretrained"]["mean"] - results["scratch"]["mean"])
-    print()
-    print(f"label efficiency, Hippocampus: fine-tune on {len(split['train'])} labelled cases, "
-          f"evaluate on {results['scratch']['cases']} others ({args.preset})")
-    print(f"budgets: pretrain {args.method} {args.pretrain_epochs} x {args.pretrain_iters} steps of batch "
-          f"{args.pretrain_batch} (x2 views) on all images; fine-tune {args.finetune_epochs} x {args.finetune_iters} "
-          f"iterations each")
-    print(f"{'variant':<12} {'mean Dice':>10}  per label")
-    for variant in ("scratch", "pretrained"):
-        r = results[variant]
-        labels = ", ".join(f"{k} {v:.4f}" for k, v in r["per_label"].items())
-        print(f"{variant:<12} {r['mean']:>10.4f}  {labels}")
-    print(f"difference: {diff:+.2f} Dice points (target +3.00)")
-    for step, seconds in times.items():
-        print(f"  time {step}: {seconds:.0f} s")
+def pretraining_losses(work: Path, method: str) -> list[dict]:
+    path = work / f"smit_{method}_log.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def report(args, split: dict, results: dict, times: dict, work: Path, calibration: float | None) -> None:
+    seeds = args.finetune_seeds
+    means = {v: float(np.mean([r["mean"] for r in per_seed.values()])) for v, per_seed in results.items()}
+    rows = pretraining_losses(work, args.method)
+    lines = [f"Label efficiency, Hippocampus: fine-tune on {len(split['train'])} labelled cases, evaluate on "
+             f"{next(iter(results['scratch'].values()))['cases']} others ({args.preset}, device {args.device})", ""]
+    if rows:
+        first, last = rows[0], rows[-1]
+        lines.append(f"- pretraining ({args.method}, labels unused, {last['step']} steps of {args.pretrain_batch} "
+                     f"samples x 2 views, {sum(r['epoch_time'] for r in rows):.0f} s): "
+                     + ", ".join(f"{k} {first[k]:.3f} -> {last[k]:.3f}" for k in ("reconstruction", "patch", "global")))
+    lines += [f"- fine-tuning: {args.finetune_epochs} x {args.finetune_iters} iterations per run, seeds {seeds}", "",
+              "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | vs scratch |",
+              "|---|" + "---|" * (len(seeds) + 2)]
+    for variant, per_seed in results.items():
+        diff = "" if variant == "scratch" else f"{100 * (means[variant] - means['scratch']):+.2f} points"
+        lines.append(f"| {variant} | " + " | ".join(f"{per_seed[s]['mean']:.4f}" for s in seeds)
+                     + f" | {means[variant]:.4f} | {diff} |")
+    lines.append("")
+    if calibration is not None:
+        lines.append(f"- calibration: {calibration:.3f} s per pretraining step alone -> {args.pretrain_epochs} epochs "
+                     f"for {args.pretrain_minutes} minutes")
+    lines += [f"- time {step}: {seconds:.1f} s" for step, seconds in times.items()]
+    text = "\n".join(lines)
+    print("\n" + text + "\n(target: pretrained >= scratch + 3.00 points)")
+    (work / f"label_efficiency_{args.method}.md").write_text(text + "\n")
     (work / f"label_efficiency_{args.method}.json").write_text(json.dumps(
-        {"results": results, "difference_points": diff, "times_s": times, "budgets": vars(args) | {
-            "msd": str(args.msd), "work": str(args.work)}}, indent=2, default=str))
+        {"results": results, "mean_dice": means, "pretraining_log": rows, "times_s": times,
+         "calibration_s_per_step": calibration,
+         "budgets": vars(args) | {"msd": str(args.msd), "work": str(args.work)}}, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -207,3 +207,22 @@ def test_views_are_deterministic_padded_and_overlapping():
     assert not np.array_equal(first, sampler.batch(8))
     other_rank = ViewSampler(volumes, [16, 16, 16], batch_size=2, seed=3, rank=1)
     assert not np.array_equal(first, other_rank.batch(7))
+
+
+def test_steps_prepared_by_worker_processes_equal_the_inline_ones():
+    from smitunet.pretraining.views import StepBatches, ViewSampler
+
+    rng = np.random.default_rng(0)
+    volumes = [rng.normal(size=(1, 20 + i, 18, 22)).astype(np.float32) for i in range(3)]
+    settings = PretrainSettings(method="smart")
+    steps = StepBatches(ViewSampler(volumes, [16, 16, 16], 2, seed=5), settings, [8, 8, 8], [2, 2, 2],
+                        [[1, 1, 1], [2, 2, 2]], seed=5, rank=0, first_step=7, total_steps=11)
+    loader = torch.utils.data.DataLoader(steps, batch_size=None, num_workers=2)
+    prepared = list(loader)
+    assert len(prepared) == len(steps) == 4
+    for i, (views, masks) in enumerate(prepared):
+        inline_views, inline_masks = steps[i]
+        assert views.shape == (4, 1, 16, 16, 16)
+        assert torch.equal(views, inline_views) and torch.equal(masks.tokens, inline_masks.tokens)
+        assert torch.equal(masks.teacher_dropout, inline_masks.teacher_dropout)
+    assert not torch.equal(prepared[0][0], prepared[1][0])   # each step its own batch

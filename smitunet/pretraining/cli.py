@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export_weights", choices=("teacher", "student"), default="teacher")
     p.add_argument("--cache", type=Path, help="folder to keep preprocessed images in (memory-mapped and reused: large archives need "
                    "not fit in RAM); without it they are held in memory")
+    p.add_argument("--num_workers", type=int, default=2,
+                   help="background processes preparing the next steps' views and masks; 0 = in process (default %(default)s)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -87,6 +89,8 @@ def prepare(args):
     for name in ("epochs", "iters_per_epoch", "batch_size"):
         if getattr(args, name) < 1:
             raise SmitunetError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.num_workers < 0:
+        raise SmitunetError(f"--num_workers must not be negative, got {args.num_workers}")
     if args.plans is not None:
         plans = Plans.load(args.plans)
         preset, patch, overrides = _network_from_plans(args, plans)
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         options = RunOptions(
             output=args.output, preset=preset, patch=patch, network_overrides=overrides, epochs=args.epochs,
             iters_per_epoch=args.iters_per_epoch, batch_size=args.batch_size, seed=args.seed, device=device,
-            export_official=args.export_official, export_weights=args.export_weights,
+            export_official=args.export_official, export_weights=args.export_weights, num_workers=args.num_workers,
             data_meta={"spacing": list(cfg.spacing), "normalization": list(cfg.normalization),
                        "channel_names": dict(plans.channel_names), "num_images": len(volumes)})
         if dist_ctx.is_main:

@@ -27,9 +27,9 @@ from smitunet.pretraining.ema import ema_update, make_teacher, momentum_at
 from smitunet.pretraining.export import save_official, save_pretrained
 from smitunet.pretraining.losses import teacher_temperature, update_center
 from smitunet.pretraining.model import PretrainNetwork
-from smitunet.pretraining.objective import make_step_masks, pretraining_losses
+from smitunet.pretraining.objective import StepMasks, pretraining_losses
 from smitunet.pretraining.progress import TERMS, output_paths, write_logs
-from smitunet.pretraining.views import ViewSampler
+from smitunet.pretraining.views import StepBatches, ViewSampler
 from smitunet.training.distributed import DistContext
 
 STATE_VERSION = 1
@@ -50,6 +50,7 @@ class RunOptions:
     export_official: Path | None = None
     export_weights: str = "teacher"                                   # which encoder goes into smit.pt
     data_meta: dict[str, Any] = field(default_factory=dict)           # spacing, normalization, channel names
+    num_workers: int = 2                                              # processes preparing steps ahead; 0 = inline
 
 
 def lr_at(step: int, total: int, settings: PretrainSettings) -> float:
@@ -114,12 +115,24 @@ class PretrainingRun:
                                    self.settings.teacher_temperature)
 
     # -- one step -----------------------------------------------------------------------------------------
-    def train_step(self, step: int) -> dict[str, float]:
+    def step_batches(self, first_step: int) -> StepBatches:
+        return StepBatches(self.sampler, self.settings, self.grid, self.student.token_stride,
+                           self.student.stage_factors, self.options.seed, self.dist.rank, first_step, self.total_steps)
+
+    def batch_stream(self):
+        """Views and masks of every remaining step, prepared ahead by ``num_workers`` processes (same stream)."""
+        steps = self.step_batches(self.step)
+        if self.options.num_workers == 0:
+            return (steps[i] for i in range(len(steps)))
+        loader = torch.utils.data.DataLoader(steps, batch_size=None, shuffle=False,
+                                             num_workers=self.options.num_workers, prefetch_factor=4,
+                                             pin_memory=self.device.type == "cuda")
+        return iter(loader)
+
+    def train_step(self, step: int, batch: tuple[torch.Tensor, StepMasks] | None = None) -> dict[str, float]:
         s = self.settings
-        views_np = self.sampler.batch(step)
-        rng = np.random.default_rng([self.options.seed, step, self.dist.rank, 1])
-        masks = make_step_masks(views_np, s, self.grid, self.student.token_stride, self.student.stage_factors, rng)
-        views = torch.from_numpy(views_np).to(self.device)
+        views, masks = batch if batch is not None else self.step_batches(step)[0]
+        views = views.to(self.device, non_blocking=True)
         total, terms, teacher_logits = pretraining_losses(
             self.trained, self.teacher, views, masks.to(self.device), self.centers, self.teacher_temp(step), s,
             self.grid, self.student.token_stride, self.student.stage_factors)
@@ -144,11 +157,12 @@ class PretrainingRun:
             self.resume()
         self._warn_short_teacher_horizon()
         show = self.dist.is_main and sys.stderr.isatty()
+        stream = self.batch_stream()
         while self.epoch < self.options.epochs:
             start, sums, last = time.time(), dict.fromkeys(TERMS, 0.0), {}
             bar = tqdm(range(self.options.iters_per_epoch), desc=f"epoch {self.epoch}", disable=not show)
             for _ in bar:
-                last = self.train_step(self.step)
+                last = self.train_step(self.step, next(stream))
                 self.step += 1
                 for key in TERMS:
                     sums[key] += last[key]

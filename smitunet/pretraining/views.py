@@ -10,11 +10,15 @@ import random
 from typing import Sequence
 
 import numpy as np
+import torch
 from batchgenerators.transforms.abstract_transforms import Compose
 from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform,
                                                          ContrastAugmentationTransform, GammaTransform)
 from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform
+
+from smitunet.pretraining.config import PretrainSettings
+from smitunet.pretraining.objective import make_step_masks
 
 
 def view_transforms() -> Compose:
@@ -89,3 +93,25 @@ class ViewSampler:
             random.seed(seed)
             views = self.transforms(data=views)["data"]
         return np.ascontiguousarray(views, dtype=np.float32)
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``i`` = the views and masks of step ``first_step + i``: a pure function of ``(seed, step, rank)``, so
+    background workers can prepare steps ahead and a resumed run continues the same stream."""
+
+    def __init__(self, sampler: ViewSampler, settings: PretrainSettings, grid: Sequence[int], token_stride: Sequence[int],
+                 stage_factors: Sequence[Sequence[int]], seed: int, rank: int, first_step: int, total_steps: int):
+        self.sampler, self.settings, self.grid = sampler, settings, list(grid)
+        self.token_stride, self.stage_factors = token_stride, stage_factors
+        self.seed, self.rank, self.first_step = int(seed), int(rank), int(first_step)
+        self.length = max(int(total_steps) - self.first_step, 0)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        step = self.first_step + int(index)
+        views = self.sampler.batch(step)
+        rng = np.random.default_rng([self.seed, step, self.rank, 1])
+        masks = make_step_masks(views, self.settings, self.grid, self.token_stride, self.stage_factors, rng)
+        return torch.from_numpy(views), masks
