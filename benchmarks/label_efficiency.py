@@ -42,7 +42,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "Dataset004_Hippocampus"
-PLUGIN_TRAINERS = {"SMITTrainerEncoderLR1": "label_efficiency_trainers:SMITTrainerEncoderLR1"}
+PLUGIN_TRAINERS = {name: f"label_efficiency_trainers:{name}" for name in ("SMITTrainerEncoderLR1",
+                                                                         "SMITTrainerFrozenEncoder")}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--finetune_workers", type=int, default=0)
     p.add_argument("--pretrained_trainers", nargs="+", default=["SMITTrainer"],
                    choices=["SMITTrainer", *PLUGIN_TRAINERS])
+    p.add_argument("--scratch_trainers", nargs="+", default=["SMITTrainer"], choices=["SMITTrainer", *PLUGIN_TRAINERS],
+                   help="trainers of the runs without --pretrained (SMITTrainerFrozenEncoder: a random-encoder probe)")
     p.add_argument("--num_train", type=int, default=10)
     p.add_argument("--num_eval", type=int, default=40)
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of pretraining")
@@ -208,11 +211,11 @@ def main(argv=None) -> None:
     budget = ["--epochs", str(args.finetune_epochs), "--iters_per_epoch", str(args.finetune_iters),
               "--num_workers", str(args.finetune_workers), "--device", args.device]
     runs = {}  # variant -> seed -> (results folder, trainer folder name)
-    variants = [("scratch", "SMITTrainer", [])] + [
+    variants = [("scratch" if t == "SMITTrainer" else f"scratch_{t}", t, []) for t in args.scratch_trainers] + [
         (f"pretrained_{t}", t, ["--pretrained", str(smit)]) for t in args.pretrained_trainers]
     for variant, trainer, extra in variants:
         for seed in args.finetune_seeds:
-            folder = f"results_{variant}_{args.method}_seed{seed}" if extra else f"results_scratch_seed{seed}"
+            folder = f"results_{variant}_{args.method}_seed{seed}" if extra else f"results_{variant}_seed{seed}"
             runs.setdefault(variant, {})[seed] = (folder, trainer)
             if args.fresh or not validation_summary(work, folder, trainer).is_file():
                 jobs.append(Job(f"{variant}_seed{seed}", [
@@ -233,19 +236,20 @@ def pretraining_losses(work: Path, method: str) -> list[dict]:
 def report(args, split: dict, results: dict, times: dict, work: Path, calibration: float | None) -> None:
     seeds = args.finetune_seeds
     means = {v: float(np.mean([r["mean"] for r in per_seed.values()])) for v, per_seed in results.items()}
+    reference = "scratch" if "scratch" in means else next(iter(means))
     rows = pretraining_losses(work, args.method)
     lines = [f"Label efficiency, Hippocampus: fine-tune on {len(split['train'])} labelled cases, evaluate on "
-             f"{next(iter(results['scratch'].values()))['cases']} others ({args.preset}, device {args.device})", ""]
+             f"{next(iter(next(iter(results.values())).values()))['cases']} others ({args.preset}, device {args.device})", ""]
     if rows:
         first, last = rows[0], rows[-1]
         lines.append(f"- pretraining ({args.method}, labels unused, {last['step']} steps of {args.pretrain_batch} "
                      f"samples x 2 views, {sum(r['epoch_time'] for r in rows):.0f} s): "
                      + ", ".join(f"{k} {first[k]:.3f} -> {last[k]:.3f}" for k in ("reconstruction", "patch", "global")))
     lines += [f"- fine-tuning: {args.finetune_epochs} x {args.finetune_iters} iterations per run, seeds {seeds}", "",
-              "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | vs scratch |",
+              "| variant | " + " | ".join(f"seed {s}" for s in seeds) + f" | mean | vs {reference} |",
               "|---|" + "---|" * (len(seeds) + 2)]
     for variant, per_seed in results.items():
-        diff = "" if variant == "scratch" else f"{100 * (means[variant] - means['scratch']):+.2f} points"
+        diff = "" if variant == reference else f"{100 * (means[variant] - means[reference]):+.2f} points"
         lines.append(f"| {variant} | " + " | ".join(f"{per_seed[s]['mean']:.4f}" for s in seeds)
                      + f" | {means[variant]:.4f} | {diff} |")
     lines.append("")

@@ -7,3 +7,12 @@ class SMITTrainerEncoderLR1(SMITTrainer):
     """The pretrained encoder at the decoder's learning rate (the default trains it 4x slower)."""
 
     encoder_lr_scale = 1.0
+
+
+class SMITTrainerFrozenEncoder(SMITTrainer):
+    """A probe of the encoder's features: it stays as initialised (pretrained or random), only the decoder trains."""
+
+    def parameter_groups(self, network):
+        for p in network.encoder.parameters():
+            p.requires_grad_(False)
+        return [{"params": [p for p in network.parameters() if p.requires_grad], "lr": self.initial_lr}]
