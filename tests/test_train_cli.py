@@ -173,3 +173,18 @@ def test_cli_errors_are_one_line(dataset, capsys):
     assert "fold 7 does not exist" in train_fails(["901", "3d_fullres", "7", "--epochs", "1"], capsys)
     assert "no configuration '2d'" in train_fails(["901", "2d", "0"], capsys)
     assert "--epochs must be at least 1" in train_fails(["901", "3d_fullres", "0", "--epochs", "0"], capsys)
+
+
+def test_default_data_workers_follow_the_device(dataset):
+    from smitunet.training.cli import build_parser, make_trainer
+    from smitunet.utils.device import default_num_workers
+
+    assert default_num_workers("cpu", cpu_count=64) == 2
+    assert default_num_workers("cuda", cpu_count=16) == 12          # capped at nnU-Net's 12
+    assert default_num_workers("cuda", cpu_count=8) == 7             # one core stays for the training process
+    assert default_num_workers("cuda", world_size=4, cpu_count=16) == 3
+    assert default_num_workers("cuda", world_size=8, cpu_count=8) == 2
+    trainer = make_trainer(build_parser().parse_args(["901", "3d_fullres", "0", "--device", "cpu"]))
+    assert trainer.options.num_workers == 2
+    trainer = make_trainer(build_parser().parse_args(["901", "3d_fullres", "0", "--device", "cpu", "--num_workers", "0"]))
+    assert trainer.options.num_workers == 0

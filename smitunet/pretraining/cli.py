@@ -15,7 +15,7 @@ from smitunet.pretraining.config import METHODS, PretrainSettings
 from smitunet.pretraining.data import PRETRAIN_CONFIGURATION, collect_sources, derived_plans, preprocess_sources
 from smitunet.pretraining.trainer import PretrainingRun, RunOptions
 from smitunet.training.distributed import barrier, init_distributed, shutdown_distributed
-from smitunet.utils.device import resolve_device
+from smitunet.utils.device import default_num_workers, resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export_weights", choices=("teacher", "student"), default="teacher")
     p.add_argument("--cache", type=Path, help="folder to keep preprocessed images in (memory-mapped and reused: large archives need "
                    "not fit in RAM); without it they are held in memory")
-    p.add_argument("--num_workers", type=int, default=2,
-                   help="background processes preparing the next steps' views and masks; 0 = in process (default %(default)s)")
+    p.add_argument("--num_workers", type=int, default=None,
+                   help="background processes preparing the next steps' views and masks; 0 = in process (default: 2 "
+                        "on CPU, one per spare core up to 12 on CUDA)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -89,7 +90,7 @@ def prepare(args):
     for name in ("epochs", "iters_per_epoch", "batch_size"):
         if getattr(args, name) < 1:
             raise SmitunetError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.num_workers < 0:
+    if args.num_workers is not None and args.num_workers < 0:
         raise SmitunetError(f"--num_workers must not be negative, got {args.num_workers}")
     if args.plans is not None:
         plans = Plans.load(args.plans)
@@ -119,13 +120,15 @@ def main(argv: list[str] | None = None) -> None:
     dist_ctx = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", dist_ctx.local_rank)
+    workers = args.num_workers if args.num_workers is not None else default_num_workers(device.type, dist_ctx.world_size)
     try:
         volumes = preprocess_sources(sources, plans, configuration, args.cache, show_progress=dist_ctx.is_main)
         cfg = plans.configuration(configuration)
         options = RunOptions(
             output=args.output, preset=preset, patch=patch, network_overrides=overrides, epochs=args.epochs,
             iters_per_epoch=args.iters_per_epoch, batch_size=args.batch_size, seed=args.seed, device=device,
-            export_official=args.export_official, export_weights=args.export_weights, num_workers=args.num_workers,
+            export_official=args.export_official, export_weights=args.export_weights,
+            num_workers=workers,
             data_meta={"spacing": list(cfg.spacing), "normalization": list(cfg.normalization),
                        "channel_names": dict(plans.channel_names), "num_images": len(volumes)})
         if dist_ctx.is_main:

@@ -13,7 +13,7 @@ from smitunet.plans import DEFAULT_PLANS_NAME, Plans
 from smitunet.training.distributed import init_distributed, shutdown_distributed
 from smitunet.training.registry import DEFAULT_TRAINER, get_trainer_class, trainer_name_for_folder
 from smitunet.training.trainer import TrainingContext, TrainingOptions
-from smitunet.utils.device import resolve_device
+from smitunet.utils.device import default_num_workers, resolve_device
 from smitunet.utils.files import load_json
 
 
@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--epochs", type=int, help="number of epochs (default: the trainer's)")
     p.add_argument("--iters_per_epoch", type=int, help="training iterations per epoch (default: the trainer's)")
-    p.add_argument("--num_workers", type=int, default=2,
-                   help="background augmentation processes per training process; 0 = in process (default: %(default)s)")
+    p.add_argument("--num_workers", type=int, default=None,
+                   help="background augmentation processes per training process; 0 = in process (default: 2 on "
+                        "CPU, one per spare core up to 12 on CUDA)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -59,7 +60,7 @@ def make_trainer(args):
     fold = _fold(args.fold)
     for name in ("epochs", "iters_per_epoch"):
         _positive(f"--{name}", getattr(args, name))
-    if args.num_workers < 0:
+    if args.num_workers is not None and args.num_workers < 0:
         raise SmitunetError(f"--num_workers must be 0 or more, got {args.num_workers}")
     if args.pretrained is not None and not args.pretrained.is_file():
         raise SmitunetError(f"{args.pretrained}: pretrained checkpoint not found")
@@ -75,7 +76,8 @@ def make_trainer(args):
     if device.type == "cuda":
         device = torch.device("cuda", dist_ctx.local_rank)
     folder_name = trainer_name_for_folder(args.trainer)
-    options = TrainingOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, num_workers=args.num_workers,
+    workers = args.num_workers if args.num_workers is not None else default_num_workers(device.type, dist_ctx.world_size)
+    options = TrainingOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, num_workers=workers,
                               seed=args.seed, pretrained=args.pretrained, export_probabilities=args.npz,
                               disable_tta=args.disable_tta)
     ctx = TrainingContext(

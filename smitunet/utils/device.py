@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from smitunet.errors import SmitunetError
@@ -15,3 +17,17 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SmitunetError(f"--device {name} was requested but no CUDA GPU is available")
     return device
+
+
+def default_num_workers(device_type: str, world_size: int = 1, cpu_count: int | None = None) -> int:
+    """Background data processes per training process when ``--num_workers`` is not given.
+
+    CPU: 2. The network already uses the cores, and 2 workers left 0 % data waiting on a 2-core machine. CUDA: the
+    step is fast, so augmentation becomes the bottleneck. On an H200 host, with 1-2 workers, fine-tunes waited for
+    data 30-70 % of the time. So: one worker per spare core, at most 12 (nnU-Net's default), shared between the
+    torchrun processes of the machine.
+    """
+    if device_type != "cuda":
+        return 2
+    cores = cpu_count or os.cpu_count() or 2
+    return max(2, min(12, cores // max(world_size, 1) - 1))
