@@ -115,13 +115,10 @@ class PretrainingRun:
                                    self.settings.teacher_temperature)
 
     # -- one step -----------------------------------------------------------------------------------------
-    def step_batches(self, first_step: int) -> StepBatches:
-        return StepBatches(self.sampler, self.settings, self.grid, self.student.token_stride,
-                           self.student.stage_factors, self.options.seed, self.dist.rank, first_step, self.total_steps)
-
     def batch_stream(self):
         """Views and masks of every remaining step, prepared ahead by ``num_workers`` processes (same stream)."""
-        steps = self.step_batches(self.step)
+        steps = StepBatches(self.sampler, self.settings, self.grid, self.student.token_stride,
+                            self.student.stage_factors, self.options.seed, self.dist.rank, self.step, self.total_steps)
         if self.options.num_workers == 0:
             return (steps[i] for i in range(len(steps)))
         loader = torch.utils.data.DataLoader(steps, batch_size=None, shuffle=False,
@@ -129,9 +126,9 @@ class PretrainingRun:
                                              pin_memory=self.device.type == "cuda")
         return iter(loader)
 
-    def train_step(self, step: int, batch: tuple[torch.Tensor, StepMasks] | None = None) -> dict[str, float]:
+    def train_step(self, step: int, batch: tuple[torch.Tensor, StepMasks]) -> dict[str, float]:
         s = self.settings
-        views, masks = batch if batch is not None else self.step_batches(step)[0]
+        views, masks = batch
         views = views.to(self.device, non_blocking=True)
         total, terms, teacher_logits = pretraining_losses(
             self.trained, self.teacher, views, masks.to(self.device), self.centers, self.teacher_temp(step), s,
