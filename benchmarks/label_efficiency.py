@@ -239,7 +239,7 @@ def report(args, split: dict, results: dict, times: dict, work: Path, calibratio
     reference = "scratch" if "scratch" in means else next(iter(means))
     rows = pretraining_losses(work, args.method)
     lines = [f"Label efficiency, Hippocampus: fine-tune on {len(split['train'])} labelled cases, evaluate on "
-             f"{next(iter(next(iter(results.values())).values()))['cases']} others ({args.preset}, device {args.device})", ""]
+             f"{len(split['val'])} others ({args.preset}, device {args.device})", ""]
     if rows:
         first, last = rows[0], rows[-1]
         lines.append(f"- pretraining ({args.method}, labels unused, {last['step']} steps of {args.pretrain_batch} "

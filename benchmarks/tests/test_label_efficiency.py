@@ -46,7 +46,8 @@ def test_report_means_over_seeds_and_differences(tmp_path, capsys):
     args = Namespace(finetune_seeds=[0, 1], preset="smit_small", device="cpu", method="smit", pretrain_batch=4,
                      finetune_epochs=2, finetune_iters=3, pretrain_epochs=1, pretrain_minutes=None,
                      msd=Path("msd"), work=tmp_path)
-    report(args, {"train": ["a"] * 10}, results, {"pretrain": 12.0}, tmp_path, None)
+    report(args, {"train": ["a"] * 10, "val": ["b"] * 40}, results, {"pretrain": 12.0}, tmp_path, None)
     table = (tmp_path / "label_efficiency_smit.md").read_text()
+    assert "fine-tune on 10 labelled cases, evaluate on 40 others" in table
     assert "| scratch | 0.7000 | 0.8000 | 0.7500 |  |" in table
     assert "| pretrained_SMITTrainer | 0.7600 | 0.8000 | 0.7800 | +3.00 points |" in table
