@@ -18,6 +18,12 @@ def _inputs(folder, n):
         write_image(rng.normal(size=GEO.shape_zyx).astype(np.float32), GEO, folder / f"case{i:02d}_0000.nii.gz")
 
 
+def _outputs(folder):
+    """Finished predictions only: a killed run may leave its hidden temporary ``.<case>...part.nii.gz`` behind,
+    which pathlib's glob would also match."""
+    return [p for p in folder.glob("*.nii.gz") if not p.name.startswith(".")]
+
+
 def _predict_cmd(inp, out, *extra):
     code = "from smitunet.inference.cli import main; main()"
     return [sys.executable, "-c", code, "-i", str(inp), "-o", str(out), "-npp", "0", "--disable_tta", *extra]
@@ -30,11 +36,11 @@ def test_killed_run_continues_with_only_missing_cases(smitunet_dirs, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_predict_cmd(inp, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("*.nii.gz"))) < 2 and proc.poll() is None:
+    while time.time() < deadline and len(_outputs(out)) < 2 and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finished = {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
+    finished = {p.name: p.stat().st_mtime_ns for p in _outputs(out)}
     assert 2 <= len(finished) < 6, "the run should have been killed part-way"
     for name in finished:  # every visible output is complete and readable
         assert read_image(out / name)[0].shape == GEO.shape_zyx
@@ -43,7 +49,7 @@ def test_killed_run_continues_with_only_missing_cases(smitunet_dirs, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"continuing: {len(finished)} case(s) already predicted, {6 - len(finished)} to go" in result.stderr
     assert f"predicted {6 - len(finished)} case(s)" in result.stdout
-    now = {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
+    now = {p.name: p.stat().st_mtime_ns for p in _outputs(out)}
     assert len(now) == 6
     assert all(now[name] == mtime for name, mtime in finished.items())  # finished cases were not redone
     assert not [p for p in out.iterdir() if ".part" in p.name]
