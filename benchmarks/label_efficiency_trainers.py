@@ -12,7 +12,5 @@ class SMITTrainerEncoderLR1(SMITTrainer):
 class SMITTrainerFrozenEncoder(SMITTrainer):
     """A probe of the encoder's features: it stays as initialised (pretrained or random), only the decoder trains."""
 
-    def parameter_groups(self, network):
-        for p in network.encoder.parameters():
-            p.requires_grad_(False)
-        return [{"params": [p for p in network.parameters() if p.requires_grad], "lr": self.initial_lr}]
+    def encoder_frozen(self):
+        return True

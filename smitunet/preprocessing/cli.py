@@ -31,6 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "smit_tiny for CPU)")
     p.add_argument("--gpu_memory_target", type=float, default=DEFAULT_GPU_MEMORY_GB,
                    help="GPU memory budget in GB for patch and batch size (default %(default)s)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                   help="target spacing of 3d_fullres in mm, instead of the planned one (nnU-Net's "
+                        "-overwrite_target_spacing); recorded in the plans")
+    p.add_argument("--pretrained", type=Path, metavar="CKPT",
+                   help="plan the network a pretrained checkpoint fits: embed dim, depths, heads and window from "
+                        "it (official SMIT, MONAI SwinUNETR or smitunet_pretrain output, which also sets spacing, "
+                        "normalisation and patch), keeping every Swin stage it holds where the data allows")
     p.add_argument("-c", nargs="+", default=None, metavar="CONFIG",
                    help="configurations to preprocess (default: all planned, 3d_fullres [+ 3d_lowres])")
     p.add_argument("-np", type=int, default=None, help="worker processes (default: available cores)")
@@ -95,7 +102,7 @@ def _summary(plans: Plans, counts: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def run_dataset(identifier: str, args, pool: CasePool) -> Plans:
+def run_dataset(identifier: str, args, pool: CasePool, pretrained=None) -> Plans:
     name = resolve_dataset_name(identifier, search=("raw",))
     dataset_dir = raw_dir() / name
     out_dir = preprocessed_dir() / name
@@ -112,7 +119,10 @@ def run_dataset(identifier: str, args, pool: CasePool) -> Plans:
         plans = Plans.load(plans_path)
     else:
         plans = plan_experiment(name, dj, fingerprint, preset=args.preset, plans_name=args.plans_name,
-                                gpu_memory_target_gb=args.gpu_memory_target)
+                                gpu_memory_target_gb=args.gpu_memory_target, target_spacing_override=args.spacing,
+                                pretrained=pretrained)
+        for note in plans.planner.get("notes", []):
+            print(f"note: {name}: {note}", file=sys.stderr)
     # Every check passed: only now does anything get written for this dataset.
     save_json(dj, out_dir / "dataset.json")
     save_json(fingerprint, out_dir / "dataset_fingerprint.json")
@@ -137,9 +147,18 @@ def main(argv: list[str] | None = None) -> None:
     num_processes = args.np if args.np is not None else available_cores()
     if num_processes < 1:
         raise SmitunetError(f"-np must be at least 1, got {num_processes}")
+    if args.use_existing_plans and (args.spacing or args.pretrained):
+        raise SmitunetError("--use_existing_plans keeps the plans as they are; it cannot be combined with "
+                            "--spacing or --pretrained")
     with CasePool(num_processes) as pool:  # before planning imports torch: workers stay lean
+        pretrained = None
+        if args.pretrained is not None:
+            from smitunet.networks.checkpoint_architecture import read_architecture
+
+            pretrained = read_architecture(args.pretrained)
+            print(f"pretrained network: {pretrained.describe()}", file=sys.stderr)
         for identifier in args.d:
-            run_dataset(identifier, args, pool)
+            run_dataset(identifier, args, pool, pretrained)
 
 
 if __name__ == "__main__":

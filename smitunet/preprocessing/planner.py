@@ -129,10 +129,13 @@ def stage_layout(patch: Sequence[int], strides: list[list[int]], window: Any) ->
 class _Sizer:
     """Finds the largest patch and batch that fit the memory target for one spacing."""
 
-    def __init__(self, preset_name: str, preset: dict, in_channels: int, num_classes: int, budget_bytes: float):
+    def __init__(self, preset_name: str, preset: dict, in_channels: int, num_classes: int, budget_bytes: float,
+                 keep_stages: bool = False):
         self.preset_name, self.preset = preset_name, preset
         self.in_channels, self.num_classes, self.budget = in_channels, num_classes, budget_bytes
         self.max_stages = len(preset.get("depths", [])) or 4
+        # A pretrained encoder: shrinking the patch for memory must not drop a stage the data allows.
+        self.keep_stages = keep_stages
 
     def config(self, sizes, spacing):
         patch, stages, strides = network_geometry(sizes, spacing, self.max_stages)
@@ -142,21 +145,29 @@ class _Sizer:
     def fit_patch(self, median_shape: Sequence[float], spacing: Sequence[float]) -> NetworkConfig:
         sizes = [float(s) for s in median_shape]
         cfg = self.config(sizes, spacing)
+        stages = cfg.kwargs["num_stages"]
+        locked: set[int] = set()  # axes whose shrinking would cost a Swin stage
         # Each estimate traces the network (~0.3-2 s), so shrink by the predicted factor between estimates
         # (activation memory is close to proportional to the patch volume) instead of one step per estimate.
         while (estimate := _estimate_memory(cfg, MIN_BATCH_SIZE)) > self.budget:
             goal = np.prod(cfg.kwargs["patch_size"]) * 0.95 * self.budget / estimate
             while np.prod(cfg.kwargs["patch_size"]) > goal:
-                if not self._shrink(sizes, cfg, spacing):
+                before = list(sizes)
+                if not self._shrink(sizes, cfg, spacing, locked):
                     return cfg  # smallest sensible patch: the memory target is simply too small
-                cfg = self.config(sizes, spacing)
+                candidate = self.config(sizes, spacing)
+                if self.keep_stages and candidate.kwargs["num_stages"] < stages:
+                    locked.add(next(a for a in range(3) if sizes[a] != before[a]))
+                    sizes[:] = before
+                    continue
+                cfg = candidate
         return cfg
 
     @staticmethod
-    def _shrink(sizes: list[float], cfg: NetworkConfig, spacing: Sequence[float]) -> bool:
+    def _shrink(sizes: list[float], cfg: NetworkConfig, spacing: Sequence[float], locked=frozenset()) -> bool:
         """Shrink the physically longest axis by one stride step (or 10 %); False when nothing can shrink."""
         patch, floor = cfg.kwargs["patch_size"], PATCH_EMBED_STRIDE * MIN_FEATURE_SIZE
-        shrinkable = [a for a in range(3) if sizes[a] > floor]
+        shrinkable = [a for a in range(3) if sizes[a] > floor and a not in locked]
         if not shrinkable:
             return False
         axis = max(shrinkable, key=lambda a: (patch[a] * spacing[a], patch[a]))
@@ -186,10 +197,16 @@ def _shapes_at(fingerprint: dict, spacing: Sequence[float]) -> np.ndarray:
 
 
 def _configuration(name: str, plans_name: str, spacing: list[float], fingerprint: dict, sizer: _Sizer,
-                   normalization: list[str], use_mask: list[bool]) -> ConfigurationPlan:
+                   normalization: list[str], use_mask: list[bool], geometry: dict | None = None) -> ConfigurationPlan:
+    """One configuration; ``geometry`` (patch_size, num_stages, strides) fixes the network's shape instead of
+    fitting it to the median image and the memory target (a pretrained network's own patch)."""
     shapes = _shapes_at(fingerprint, spacing)
     median_shape = [int(round(v)) for v in np.median(shapes, axis=0)]
-    cfg = sizer.fit_patch(median_shape, spacing)
+    if geometry is None:
+        cfg = sizer.fit_patch(median_shape, spacing)
+    else:
+        cfg = network_config(sizer.preset_name, sizer.preset, sizer.in_channels, sizer.num_classes,
+                             list(geometry["patch_size"]), int(geometry["num_stages"]), geometry["strides"])
     batch, memory_gb = sizer.batch_size(cfg, float(np.prod(shapes, axis=1).sum()))
     return ConfigurationPlan(data_identifier=f"{plans_name}_{name}", spacing=[float(s) for s in spacing],
                              patch_size=list(cfg.kwargs["patch_size"]), batch_size=int(batch),
@@ -217,36 +234,111 @@ def _lowres(fullres: ConfigurationPlan, plans_name: str, fingerprint: dict, size
     return None
 
 
+def _validated_spacing(spacing: Sequence[float], what: str) -> list[float]:
+    values = [float(v) for v in spacing]
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise SmitunetError(f"{what} must be three positive spacings (z y x, mm), got {list(spacing)}")
+    return values
+
+
+def pretrained_preset(requested: str, architecture) -> tuple[str, dict[str, Any]]:
+    """(preset name, kwargs) for a network that a pretrained checkpoint fits: the preset whose architecture the
+    checkpoint matches (its decoder settings come along), else ``requested``; the architecture is the checkpoint's."""
+    from smitunet.networks.registry import PRESETS, is_swin
+
+    own = architecture.network_kwargs()
+    n = architecture.num_stages
+
+    def matches(name: str) -> bool:
+        p = PRESETS[name]
+        return is_swin(name) and all((p[k][:n] if k in ("depths", "num_heads") else p.get(k)) == own[k] for k in own)
+
+    name = requested if matches(requested) else next((p for p in PRESETS if matches(p)), requested)
+    if not is_swin(name):
+        raise SmitunetError(f"--preset {name}: a pretrained SMIT checkpoint needs a Swin preset")
+    return name, {**_get_preset(name), **own}
+
+
+def _pretrained_geometry(architecture, spacing_overridden: bool) -> dict | None:
+    """The patch and strides a smitunet pretraining file was made with (it was planned for this data)."""
+    kwargs = (architecture.meta.get("network") or {}).get("kwargs") or {}
+    if spacing_overridden or not all(k in kwargs for k in ("patch_size", "strides", "num_stages")):
+        return None
+    return {k: kwargs[k] for k in ("patch_size", "strides", "num_stages")}
+
+
 def plan_experiment(dataset_name: str, dataset_json: dict, fingerprint: dict, *, preset: str = DEFAULT_PRESET,
-                    plans_name: str = DEFAULT_PLANS_NAME,
-                    gpu_memory_target_gb: float = DEFAULT_GPU_MEMORY_GB) -> Plans:
-    """Make the plans for a dataset from its fingerprint (pure: writes nothing)."""
+                    plans_name: str = DEFAULT_PLANS_NAME, gpu_memory_target_gb: float = DEFAULT_GPU_MEMORY_GB,
+                    target_spacing_override: Sequence[float] | None = None, pretrained=None) -> Plans:
+    """Make the plans for a dataset from its fingerprint (pure: writes nothing).
+
+    ``target_spacing_override``: the 3d_fullres spacing (z, y, x), as nnU-Net's ``-overwrite_target_spacing``.
+    ``pretrained``: a ``smitunet.networks.checkpoint_architecture.PretrainedArchitecture``; the network takes its
+    embed dim, depths, heads and window and keeps every stage it holds that the data allows; a smitunet
+    pretraining file also fixes spacing, normalisation and patch. Lines worth telling the user are returned in
+    ``plans.planner["notes"]``.
+    """
     if gpu_memory_target_gb <= 0:
         raise SmitunetError(f"--gpu_memory_target must be positive, got {gpu_memory_target_gb}")
-    preset_kwargs = _get_preset(preset)
+    notes: list[str] = []
+    if pretrained is None:
+        preset_kwargs = _get_preset(preset)
+    else:
+        preset, preset_kwargs = pretrained_preset(preset, pretrained)
     channels = {str(k): v for k, v in dataset_json["channel_names"].items()}
     labels = {str(k): int(v) for k, v in dataset_json["labels"].items()}
-    sizer = _Sizer(preset, preset_kwargs, len(channels), len(labels), gpu_memory_target_gb * 1024 ** 3)
+    sizer = _Sizer(preset, preset_kwargs, len(channels), len(labels), gpu_memory_target_gb * 1024 ** 3,
+                   keep_stages=pretrained is not None)
     normalization = [scheme_for_channel(channels[str(c)]) for c in range(len(channels))]
+    meta = pretrained.meta if pretrained is not None else {}
+    if pretrained is not None and pretrained.in_channels != len(channels):
+        notes.append(f"the checkpoint was trained on {pretrained.in_channels} input channel(s), the dataset has "
+                     f"{len(channels)}: its patch embedding is adapted when loaded")
+    if meta.get("normalization") and len(meta["normalization"]) == len(channels) and meta["normalization"] != normalization:
+        notes.append(f"normalisation {meta['normalization']} from the checkpoint (the dataset's channel names suggest "
+                     f"{normalization})")
+        normalization = list(meta["normalization"])
     cropped_a_lot = fingerprint["median_relative_size_after_cropping"] < 0.75
     use_mask = [n == "ZScore" and cropped_a_lot for n in normalization]
-    spacing = target_spacing(fingerprint["spacings"], fingerprint["shapes_after_crop"])
+    if target_spacing_override is not None:
+        spacing = _validated_spacing(target_spacing_override, "--spacing")
+    elif meta.get("spacing"):
+        spacing = _validated_spacing(meta["spacing"], f"{pretrained.source}: meta.spacing")
+        notes.append(f"spacing {spacing} (z, y, x) from the checkpoint")
+    else:
+        spacing = target_spacing(fingerprint["spacings"], fingerprint["shapes_after_crop"])
+    geometry = _pretrained_geometry(pretrained, target_spacing_override is not None) if pretrained else None
+    if geometry is not None:
+        notes.append(f"patch {geometry['patch_size']} and strides from the checkpoint")
     configs = {"3d_fullres": _configuration("3d_fullres", plans_name, spacing, fingerprint, sizer,
-                                            normalization, use_mask)}
+                                            normalization, use_mask, geometry)}
     if _coverage(configs["3d_fullres"]) < LOWRES_COVERAGE:
         low = _lowres(configs["3d_fullres"], plans_name, fingerprint, sizer, normalization, use_mask)
         if low is not None:
             configs["3d_lowres"] = low
+    if pretrained is not None:
+        used = configs["3d_fullres"].network.kwargs["num_stages"]
+        if used < pretrained.num_stages:
+            need = PATCH_EMBED_STRIDE * MIN_FEATURE_SIZE * 2 ** pretrained.num_stages
+            shape = configs["3d_fullres"].median_image_shape
+            notes.append(f"3d_fullres uses {used} of the checkpoint's {pretrained.num_stages} Swin stages: the median "
+                         f"image is {shape} voxels at spacing {spacing}, and {pretrained.num_stages} stages need an "
+                         f"axis of at least {need} voxels ({MIN_FEATURE_SIZE} at the bottleneck); a finer --spacing "
+                         "keeps more")
     window = preset_kwargs.get("window_size", 4)
+    planner = {"preset": preset, "gpu_memory_target_gb": gpu_memory_target_gb,
+               "min_feature_size": MIN_FEATURE_SIZE, "max_dataset_fraction_per_batch": MAX_DATASET_FRACTION,
+               "target_spacing_override": None if target_spacing_override is None else list(spacing),
+               "stage_layout": {name: stage_layout(c.patch_size, c.network.kwargs["strides"], window)
+                                for name, c in configs.items()}, "notes": notes}
+    if pretrained is not None:
+        planner["pretrained"] = {"source": pretrained.source, "kind": pretrained.kind, "layout": pretrained.layout,
+                                 "stages_in_checkpoint": pretrained.num_stages, **pretrained.network_kwargs()}
     return Plans(
         dataset_name=dataset_name, plans_name=plans_name, channel_names=channels, labels=labels,
         file_ending=dataset_json["file_ending"],
         original_median_spacing=[float(v) for v in np.median(np.asarray(fingerprint["spacings"]), axis=0)],
         original_median_shape=[int(round(v)) for v in np.median(np.asarray(fingerprint["shapes_after_crop"]), axis=0)],
         foreground_intensity_properties=fingerprint["foreground_intensity_properties_per_channel"],
-        configurations=configs,
-        planner={"preset": preset, "gpu_memory_target_gb": gpu_memory_target_gb,
-                 "min_feature_size": MIN_FEATURE_SIZE, "max_dataset_fraction_per_batch": MAX_DATASET_FRACTION,
-                 "stage_layout": {name: stage_layout(c.patch_size, c.network.kwargs["strides"], window)
-                                  for name, c in configs.items()}},
+        configurations=configs, planner=planner,
     )

@@ -90,12 +90,10 @@ def make_trainer(args):
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    from smitunet.training.loop import TrainingLoop
-
     args = build_parser().parse_args(argv)
     trainer = make_trainer(args)
     try:
-        TrainingLoop(trainer).run(continue_training=args.continue_training, validation_only=args.validation_only)
+        trainer.run(continue_training=args.continue_training, validation_only=args.validation_only)
     finally:
         shutdown_distributed(trainer.ctx.dist)
 

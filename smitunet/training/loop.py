@@ -1,8 +1,8 @@
-"""The epoch loop shared by every trainer: setup, resume, train/validate steps, checkpoints, fold validation."""
+"""The engine behind ``Trainer.run`` (private: trainers override their own methods, not this): setup, resume,
+the epoch loop around the trainer's ``train_step``/``validation_step`` and hooks, checkpoints, fold validation."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
@@ -59,17 +59,16 @@ class TrainingLoop:
                                 f"{self.dist.world_size} processes; use at most {t.config.batch_size} processes")
         torch.manual_seed(t.options.seed)  # identical initial weights on every rank
         self.network_config = t.network_config()
-        self.network = t.build_network(self.network_config).to(self.device)
-        self.model = self.network
+        self.network = t.network = t.build_network(self.network_config).to(self.device)
+        t.model = self.network
         if self.dist.enabled:
-            # mask_token (pretraining only) and zero-weighted outputs get no gradient: allow unused parameters.
+            # mask_token (pretraining only), zero-weighted outputs and frozen parts get no gradient.
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.network, device_ids=ids, find_unused_parameters=True)
-        self.loss = t.build_loss()
-        self.optimizer = t.build_optimizer(self.network)
-        self.schedule = t.build_lr_schedule(self.optimizer, t.num_epochs * t.iters_per_epoch)
-        self.amp = self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+            t.model = DistributedDataParallel(self.network, device_ids=ids, find_unused_parameters=True)
+        t.loss = t.build_loss()
+        self.optimizer = t.optimizer = t.build_optimizer(self.network)
+        self.schedule = t.lr_schedule = t.build_lr_schedule(self.optimizer, t.num_epochs * t.iters_per_epoch)
+        self.scaler = t.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         self.logger.logs = empty_logs()
 
     def log(self, message: str) -> None:
@@ -111,62 +110,30 @@ class TrainingLoop:
         ckpt.restore_rng_state(state["rng"])
         self.log(f"resumed from {path.name}: {self.epoch} completed epochs, step {self.schedule.step_count}")
 
-    # -- steps ---------------------------------------------------------------------------------------
-    def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
-
-    def train_step(self, batch: dict, loss_scale: float) -> float:
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["seg"].to(self.device, non_blocking=True)
-        self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            loss = self.loss(self.model(data), target)
-        # DDP averages gradients over ranks; scaling by the shard's share makes that the global-batch mean.
-        self.scaler.scale(loss * loss_scale).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.trainer.grad_clip_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.schedule.step()
-        return float(loss.detach())
-
-    @torch.no_grad()
-    def validation_step(self, batch: dict, num_classes: int) -> tuple[float, np.ndarray]:
-        data = batch["data"].to(self.device)
-        target = batch["seg"].to(self.device)
-        with self._autocast():
-            output = self.network(data)
-            loss = self.loss(output, target)
-        logits = output[0] if isinstance(output, (list, tuple)) else output
-        pred = logits.argmax(1)
-        ref = target[:, 0].long()
-        stats = np.zeros((3, num_classes - 1))
-        for c in range(1, num_classes):
-            p, r = pred == c, ref == c
-            stats[:, c - 1] = [(p & r).sum().item(), (p & ~r).sum().item(), (~p & r).sum().item()]
-        return float(loss), stats
-
     # -- epochs --------------------------------------------------------------------------------------
     def run_epochs(self, stream: BatchStream, val_cases: PreprocessedCases) -> None:
         t = self.trainer
         shard = shard_of_batch(t.config.batch_size, self.dist)
-        loss_scale = len(shard) * self.dist.world_size / t.config.batch_size
+        t.loss_scale = len(shard) * self.dist.world_size / t.config.batch_size
+        t.on_train_start()
         while self.epoch < t.num_epochs:
             start, wait_before = time.perf_counter(), stream.wait_seconds
             lr = self.optimizer.param_groups[-1]["lr"]  # the decoder's (or only) group, at the epoch's start
             self.network.train()
             self.network.deep_supervision = True
+            t.on_epoch_start(self.epoch)
             losses = []
             bar = tqdm(range(t.iters_per_epoch), desc=f"epoch {self.epoch}", leave=False,
                        disable=None if self.dist.is_main else True)  # None: shown on a terminal only
             for _ in bar:
-                losses.append(self.train_step(next(stream), loss_scale))
+                losses.append(t.train_step(next(stream)))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
             train_time = time.perf_counter() - start
             wait = stream.wait_seconds - wait_before
             val_loss, dice = self.validate_patches(val_cases, shard)
             self.end_epoch(float(np.mean(losses)), val_loss, dice, lr, time.perf_counter() - start, wait / train_time,
                            train_time)
+        t.on_train_end()
 
     def validate_patches(self, val_cases: PreprocessedCases, shard) -> tuple[float, list[float]]:
         t = self.trainer
@@ -177,7 +144,7 @@ class TrainingLoop:
         totals = torch.zeros(2 + 3 * (num_classes - 1), dtype=torch.float64)
         for _ in range(t.val_iterations):
             batch = to_tensors(**loader.generate_train_batch())
-            loss, stats = self.validation_step(batch, num_classes)
+            loss, stats = t.validation_step(batch)
             totals[0] += loss * len(shard)
             totals[1] += len(shard)
             totals[2:] += torch.from_numpy(stats.reshape(-1))
@@ -193,10 +160,11 @@ class TrainingLoop:
         mean_dice = float(np.nanmean(dice)) if not all(np.isnan(dice)) else 0.0
         m = self.trainer.ema_momentum
         self.ema = mean_dice if self.ema is None else m * self.ema + (1 - m) * mean_dice
-        self.logger.record_epoch(train_loss=train_loss, val_loss=val_loss,
-                                 pseudo_dice=[float(np.nan_to_num(d)) for d in dice], ema_pseudo_dice=self.ema,
-                                 lr=lr, epoch_time=epoch_time, train_time=train_time,
-                                 data_wait_fraction=wait_fraction)
+        record = dict(train_loss=train_loss, val_loss=val_loss, pseudo_dice=[float(np.nan_to_num(d)) for d in dice],
+                      ema_pseudo_dice=self.ema, lr=lr, epoch_time=epoch_time, train_time=train_time,
+                      data_wait_fraction=wait_fraction)
+        self.logger.record_epoch(**record)
+        self.trainer.on_epoch_end(self.epoch, record)
         self.epoch += 1
         dice_text = ", ".join(f"{d:.4f}" for d in dice)
         self.log(f"epoch {self.epoch - 1}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, pseudo Dice "
@@ -224,7 +192,15 @@ class TrainingLoop:
         if self.dist.is_main and (validation_only or trained or not summary.is_file()):
             from smitunet.training.validation import validate_fold  # needs preprocessing + inference
 
-            validate_fold(self)
+            t = self.trainer
+            summary = validate_fold(
+                self.network, t.plans, self.ctx.configuration, self.data_folder, self.val_cases, self.out / "validation",
+                self.device, mirror_axes=None if t.options.disable_tta else t.validation_mirror_axes,
+                save_probabilities=t.options.export_probabilities,
+                about={"fold": self.ctx.fold, "trainer": self.ctx.trainer_name, "epochs": self.epoch})
+            dice = ", ".join(f"{k}: {v['dice']:.4f}" for k, v in summary["mean"].items())
+            self.log(f"fold {self.ctx.fold} validation on {len(summary['metric_per_case'])} cases: mean Dice "
+                     f"{summary['foreground_mean']['dice']:.4f} ({dice}); written to {self.out / 'validation'}")
         barrier(self.dist)
 
     def train(self, continue_training: bool) -> bool:

@@ -1,8 +1,10 @@
-"""Trainers: what to train (network, loss, optimiser, schedule, augmentation, sampling) as small methods.
+"""Trainers: what to train and how one step goes (network, loss, optimiser, schedule, augmentation, sampling,
+``train_step``, ``validation_step`` and the epoch hooks) as small methods.
 
-A plug-in subclasses ``Trainer`` (or a built-in) and overrides only what it changes. How training runs
-(the epoch loop, checkpoints, logging, fold validation) lives in ``loop``, ``checkpointing``, ``logger`` and
-``validation`` and is shared by every trainer.
+A plug-in subclasses ``Trainer`` (or a built-in) and overrides only what it changes. The bookkeeping around the
+steps (setup, resume, checkpoints, logging, fold validation) is the private engine of ``loop``; it sets the
+objects the steps use on the trainer (``network``, ``model``, ``loss``, ``optimizer``, ``lr_schedule``,
+``grad_scaler``) before the first step, and ``Trainer.run`` starts it.
 
 Default schedules (what a GPU user should run; ``--epochs/--iters_per_epoch`` override them):
 - ``ConvUNetTrainer``: nnU-Net's 1000 epochs x 250 iterations, SGD (Nesterov, momentum 0.99) with poly decay.
@@ -13,10 +15,13 @@ Default schedules (what a GPU user should run; ``--epochs/--iters_per_epoch`` ov
 
 from __future__ import annotations
 
+import contextlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -77,6 +82,20 @@ class Trainer:
         self.config: ConfigurationPlan = ctx.plans.configuration(ctx.configuration)
         self.device = ctx.device
         self.options = ctx.options
+        # Set by the engine before the first step (see the module doc).
+        self.network: nn.Module | None = None       # the bare network (checkpoints, validation)
+        self.model: nn.Module | None = None         # what the step calls: the network or its DDP wrapper
+        self.loss: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.lr_schedule: WarmupDecaySchedule | None = None
+        self.grad_scaler: torch.amp.GradScaler | None = None
+        self.loss_scale = 1.0                       # this process's share of the global batch x processes
+
+    def run(self, continue_training: bool = False, validation_only: bool = False) -> None:
+        """Train this fold (or resume it), then validate it; ``validation_only`` validates checkpoint_final."""
+        from smitunet.training.loop import TrainingLoop
+
+        TrainingLoop(self).run(continue_training=continue_training, validation_only=validation_only)
 
     # -- schedule ------------------------------------------------------------------------------------
     @property
@@ -122,6 +141,72 @@ class Trainer:
     def build_lr_schedule(self, optimizer: torch.optim.Optimizer, total_steps: int) -> WarmupDecaySchedule:
         return WarmupDecaySchedule(optimizer, total_steps, int(self.warmup_fraction * total_steps), self.lr_decay)
 
+    # -- steps ---------------------------------------------------------------------------------------
+    @property
+    def iteration(self) -> int:
+        """Training iterations done so far over the whole run (resumes included)."""
+        return self.lr_schedule.step_count
+
+    def autocast(self):
+        """float16 autocast on CUDA, nothing on the CPU."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def train_step(self, batch: dict) -> float:
+        """One optimisation step on an augmented batch (``data``, ``seg``); returns the loss."""
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["seg"].to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss = self.loss(self.model(data), target)
+        self.optimize(loss)
+        return float(loss.detach())
+
+    def optimize(self, loss: torch.Tensor) -> None:
+        """Backward, gradient clipping, optimiser and schedule step (with the AMP gradient scaler)."""
+        # DDP averages gradients over ranks; scaling by the shard's share makes that the global-batch mean.
+        self.grad_scaler.scale(loss * self.loss_scale).backward()
+        for p in self.network.parameters():
+            if not p.requires_grad:  # frozen now (e.g. a warm-up): no update, whatever DDP left in .grad
+                p.grad = None
+        self.grad_scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip_norm)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+        self.lr_schedule.step()
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict) -> tuple[float, np.ndarray]:
+        """Loss and per-class (tp, fp, fn) voxel counts, shape (3, num_classes - 1), on a validation batch."""
+        data = batch["data"].to(self.device)
+        target = batch["seg"].to(self.device)
+        with self.autocast():
+            output = self.network(data)
+            loss = self.loss(output, target)
+        logits = output[0] if isinstance(output, (list, tuple)) else output
+        pred = logits.argmax(1)
+        ref = target[:, 0].long()
+        num_classes = self.plans.num_classes
+        stats = np.zeros((3, num_classes - 1))
+        for c in range(1, num_classes):
+            p, r = pred == c, ref == c
+            stats[:, c - 1] = [(p & r).sum().item(), (p & ~r).sum().item(), (~p & r).sum().item()]
+        return float(loss), stats
+
+    # -- hooks (nothing by default) --------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        """After setup and resume, before the first training step of this process."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Before the first step of ``epoch``."""
+
+    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        """After ``epoch``'s validation patches; ``record`` is what the log keeps of it."""
+
+    def on_train_end(self) -> None:
+        """After the last epoch, before checkpoint_final and the fold validation."""
+
     # -- data ----------------------------------------------------------------------------------------
     def augmentation_params(self) -> AugmentationParams | None:
         """None disables augmentation (patches are cut at the network's size)."""
@@ -154,23 +239,51 @@ class Trainer:
                            label_map=label_index_map(self.plans.labels.values()))
 
 
+_ENCODER_DEPTH = re.compile(r"^(?:layers\.(\d+)|norm(\d+))\.")
+
+
+def encoder_depth(name: str) -> int:
+    """Depth of an encoder parameter for layer-wise decay: 0 patch embedding (and mask token), i+1 stage i."""
+    m = _ENCODER_DEPTH.match(name)
+    return 0 if m is None else int(m.group(1) or m.group(2)) + 1
+
+
 class SMITTrainer(Trainer):
-    """The SMIT Swin U-Net of the plans; ``--pretrained`` fine-tunes its encoder at a lower learning rate."""
+    """The SMIT Swin U-Net of the plans. With ``--pretrained`` the fine-tuning recipe applies:
+
+    - layer-wise learning-rate decay: encoder stage i learns at ``initial_lr * layer_decay ** (num_stages - i)``,
+      the patch embedding one factor lower still, the fresh decoder at ``initial_lr`` (BEiT's rule over stages);
+    - ``encoder_warmup_iters``: the encoder stays frozen for the first K iterations while the fresh decoder
+      learns to read it (0: off).
+    """
 
     initial_lr = 5e-4
     weight_decay = 1e-2
     grad_clip_norm = 5.0
-    encoder_lr_scale = 0.25               # pretrained encoder learns 4x slower than the fresh decoder
+    layer_decay = 0.75
+    encoder_warmup_iters = 0
 
     def parameter_groups(self, network: nn.Module) -> list[dict[str, Any]]:
         encoder = getattr(network, "encoder", None)
         if self.options.pretrained is None or encoder is None:
             return super().parameter_groups(network)
-        enc_ids = {id(p) for p in encoder.parameters()}
-        enc = [p for p in network.parameters() if id(p) in enc_ids and p.requires_grad]
-        rest = [p for p in network.parameters() if id(p) not in enc_ids and p.requires_grad]
-        return [{"params": enc, "lr": self.initial_lr * self.encoder_lr_scale},
-                {"params": rest, "lr": self.initial_lr}]
+        depth_of = {id(p): encoder_depth(name) for name, p in encoder.named_parameters()}
+        top = encoder.num_stages  # depth of the last stage
+        by_depth: dict[int, list[nn.Parameter]] = {}
+        for p in network.parameters():
+            if p.requires_grad:
+                by_depth.setdefault(depth_of.get(id(p), top + 1), []).append(p)
+        return [{"params": by_depth[d], "lr": self.initial_lr * self.layer_decay ** (top + 1 - d)}
+                for d in sorted(by_depth)]
+
+    def encoder_frozen(self) -> bool:
+        return self.options.pretrained is not None and self.iteration < self.encoder_warmup_iters
+
+    def train_step(self, batch: dict) -> float:
+        frozen = self.encoder_frozen()
+        for p in self.network.encoder.parameters():
+            p.requires_grad_(not frozen)  # frozen: no encoder backward at all, and no update
+        return super().train_step(batch)
 
 
 class ConvUNetTrainer(Trainer):

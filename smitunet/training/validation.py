@@ -19,6 +19,7 @@ from smitunet.evaluation.metrics import case_metrics, foreground_mean, mean_metr
 from smitunet.imageio import read_image
 from smitunet.inference.export import export_case
 from smitunet.inference.sliding_window import predict_sliding_window
+from smitunet.plans import Plans
 from smitunet.preprocessing.preprocessor import restore_original_geometry
 from smitunet.utils.files import load_json, save_json
 
@@ -34,52 +35,52 @@ def raw_label_files(dataset_name: str) -> dict[str, Path]:
     return {case: Path(entry["label"]) for case, entry in list_training_cases(folder).items()}
 
 
-def predict_case(loop, case: str) -> tuple[np.ndarray, dict]:
+def predict_case(network, plans: Plans, configuration: str, data_folder: Path, case: str, device: torch.device,
+                 mirror_axes) -> tuple[np.ndarray, dict]:
     """Softmax probabilities (K, z, y, x) in the preprocessed space, and the case's properties."""
-    t = loop.trainer
-    mirror_axes = None if t.options.disable_tta else t.validation_mirror_axes
-    data = np.load(loop.data_folder / f"{case}.npy")
-    properties = load_json(loop.data_folder / f"{case}.json")
-    logits = predict_sliding_window(loop.network, torch.from_numpy(data), t.config.patch_size, t.plans.num_classes,
-                                    step_size=0.5, mirror_axes=mirror_axes, device=loop.device,
+    data = np.load(data_folder / f"{case}.npy")
+    properties = load_json(data_folder / f"{case}.json")
+    logits = predict_sliding_window(network, torch.from_numpy(data), plans.configuration(configuration).patch_size,
+                                    plans.num_classes, step_size=0.5, mirror_axes=mirror_axes, device=device,
                                     output_device="cpu", progress=False,
-                                    autocast_dtype=torch.float16 if loop.device.type == "cuda" else None)
+                                    autocast_dtype=torch.float16 if device.type == "cuda" else None)
     return torch.softmax(logits.float(), 0).numpy(), properties
 
 
-def reference_labels(loop, case: str, properties: dict, raw_labels: dict[str, Path]) -> np.ndarray:
+def reference_labels(plans: Plans, configuration: str, data_folder: Path, case: str, properties: dict,
+                     raw_labels: dict[str, Path]) -> np.ndarray:
     if case in raw_labels:
         return read_image(raw_labels[case])[0]
-    seg = np.load(loop.data_folder / f"{case}_seg.npy")[0]
-    return restore_original_geometry(seg, properties, loop.trainer.plans, loop.ctx.configuration, is_seg=True)
+    seg = np.load(data_folder / f"{case}_seg.npy")[0]
+    return restore_original_geometry(seg, properties, plans, configuration, is_seg=True)
 
 
-def validate_fold(loop) -> dict:
-    """Predict every validation case of the fold; write predictions and summary.json (main process only)."""
-    t = loop.trainer
-    folder = Path(loop.out) / "validation"
+def validate_fold(network, plans: Plans, configuration: str, data_folder: Path, cases: list[str], folder: Path,
+                  device: torch.device, mirror_axes=(0, 1, 2), save_probabilities: bool = False,
+                  about: dict | None = None) -> dict:
+    """Predict every case, write the predictions and ``summary.json`` into ``folder``; returns the summary.
+
+    ``about`` (fold, trainer, epochs, ...) is copied into the summary.
+    """
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    loop.network.eval()
-    loop.network.deep_supervision = False
-    raw_labels = raw_label_files(t.plans.dataset_name)
-    labels = t.plans.foreground_labels
+    network.eval()
+    network.deep_supervision = False
+    raw_labels = raw_label_files(plans.dataset_name)
+    labels = plans.foreground_labels
     per_case = []
-    for case in tqdm(loop.val_cases, desc="fold validation", disable=None):
-        probabilities, properties = predict_case(loop, case)
-        output = folder / f"{case}{t.plans.file_ending}"
+    for case in tqdm(cases, desc="fold validation", disable=None):
+        probabilities, properties = predict_case(network, plans, configuration, data_folder, case, device, mirror_axes)
+        output = folder / f"{case}{plans.file_ending}"
         # The prediction stage's export: same label mapping and geometry restoration as smitunet_predict.
-        export_case(probabilities, properties, t.plans, loop.ctx.configuration, output, postprocessing=None,
-                    save_probabilities=t.options.export_probabilities)
+        export_case(probabilities, properties, plans, configuration, output, postprocessing=None,
+                    save_probabilities=save_probabilities)
         segmentation, geometry = read_image(output)
-        reference = reference_labels(loop, case, properties, raw_labels)
+        reference = reference_labels(plans, configuration, data_folder, case, properties, raw_labels)
         metrics = case_metrics(segmentation, reference, labels, geometry.spacing_zyx)
         per_case.append({"case": case, "metrics": metrics})
     means = mean_metrics([c["metrics"] for c in per_case])
-    summary = {"fold": loop.ctx.fold, "trainer": loop.ctx.trainer_name, "epochs": loop.epoch,
-               "reference": "raw" if raw_labels else "preprocessed",
+    summary = {**(about or {}), "reference": "raw" if raw_labels else "preprocessed",
                "foreground_mean": foreground_mean(means), "mean": means, "metric_per_case": per_case}
     save_json(summary, folder / "summary.json")
-    dice = ", ".join(f"{k}: {v['dice']:.4f}" for k, v in means.items())
-    loop.log(f"fold {loop.ctx.fold} validation on {len(per_case)} cases: mean Dice "
-             f"{summary['foreground_mean']['dice']:.4f} ({dice}); written to {folder}")
     return summary

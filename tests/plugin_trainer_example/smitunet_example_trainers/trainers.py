@@ -40,24 +40,32 @@ class HangingTrainer(SMITTrainer):
 
     validation_mirror_axes = None
 
-    def build_loss(self):
-        loss = super().build_loss()
+    def train_step(self, batch):
         hang = os.environ.get("SMITUNET_TEST_HANG_AT")
-        if not hang:
-            return loss
-        epoch, iteration = (int(v) for v in hang.split(":"))
-        marker = os.environ["SMITUNET_TEST_HANG_MARKER"]
-        training_calls = {"n": 0}
-        target_call = epoch * self.iters_per_epoch + iteration
+        if hang:
+            epoch, iteration = (int(v) for v in hang.split(":"))
+            if self.iteration == epoch * self.iters_per_epoch + iteration:
+                with open(os.environ["SMITUNET_TEST_HANG_MARKER"], "w") as f:
+                    f.write("hanging\n")
+                time.sleep(600)
+        return super().train_step(batch)
 
-        def hanging_forward(outputs, target, _inner=loss.forward):
-            if torch.is_grad_enabled():  # training steps only, not the validation patches
-                if training_calls["n"] == target_call:
-                    with open(marker, "w") as f:
-                        f.write("hanging\n")
-                    time.sleep(600)
-                training_calls["n"] += 1
-            return _inner(outputs, target)
 
-        loss.forward = hanging_forward
-        return loss
+class SkipNonFiniteTrainer(SMITTrainer):
+    """Overrides only ``train_step``: a batch whose loss is not finite is skipped instead of stepped on, and each
+    step's iteration and whether it was taken go to ``steps.txt`` in the fold folder."""
+
+    def train_step(self, batch):
+        data = batch["data"].to(self.device)
+        target = batch["seg"].to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss = self.loss(self.model(data), target)
+        taken = bool(torch.isfinite(loss))
+        with open(self.ctx.output_dir / "steps.txt", "a") as f:
+            f.write(f"{self.iteration} {int(taken)}\n")
+        if taken:
+            self.optimize(loss)
+        else:
+            self.lr_schedule.step()  # the schedule still counts the iteration (exact resume)
+        return float(loss.detach())
