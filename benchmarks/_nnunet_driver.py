@@ -41,14 +41,15 @@ class TimedBatches:
         return batch
 
 
-def build_trainer(fold: int, epochs: int, iters: int, val_iters: int):
+def build_trainer(fold: int, epochs: int, iters: int, val_iters: int, dataset: str = "Dataset004_Hippocampus",
+                  plans_name: str = "nnUNetPlans"):
     import torch
     from batchgenerators.utilities.file_and_folder_operations import join, load_json
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    folder = join(nnUNet_preprocessed, "Dataset004_Hippocampus")
-    plans = load_json(join(folder, "nnUNetPlans.json"))
+    folder = join(nnUNet_preprocessed, dataset)
+    plans = load_json(join(folder, f"{plans_name}.json"))
     plans["continue_training"] = False  # 2.8.1's trainer pops this key (run_training.get_trainer_from_args sets it)
     trainer = nnUNetTrainer(plans, "3d_fullres", fold, load_json(join(folder, "dataset.json")),
                             device=torch.device("cpu"))
@@ -83,9 +84,19 @@ def train_one_epoch(trainer, batches: TimedBatches) -> dict:
 def run(args) -> dict:
     import torch
 
-    torch.set_num_threads(multiprocessing.cpu_count())  # what nnUNetv2_train -device cpu does
-    trainer = build_trainer(args.fold, args.epochs, args.iters, args.val_iters)
+    torch.set_num_threads(args.threads or multiprocessing.cpu_count())  # what nnUNetv2_train -device cpu does
+    if args.seed is not None:  # nnU-Net has no seed option; seeded here so that repeated runs are reproducible
+        import random
+
+        import numpy as np
+
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+    trainer = build_trainer(args.fold, args.epochs, args.iters, args.val_iters, args.dataset, args.plans)
     trainer.on_train_start()
+    if args.no_mirroring:  # validation without test-time mirroring (on_train_start sets the axes; validation reads them)
+        trainer.inference_allowed_mirroring_axes = None
     batches = TimedBatches(trainer.dataloader_train)
     epochs: list[dict] = []
     stopped_by_budget = False
@@ -124,6 +135,11 @@ def main() -> None:
     p.add_argument("--t0", type=float, default=None, help="unix time the caller launched this process")
     p.add_argument("--budget-s", type=float, default=None)
     p.add_argument("--validate", action="store_true")
+    p.add_argument("--dataset", default="Dataset004_Hippocampus")
+    p.add_argument("--plans", default="nnUNetPlans")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    p.add_argument("--no-mirroring", action="store_true", help="fold validation without test-time mirroring")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     args.t0 = args.t0 or time.time()

@@ -1,269 +1,422 @@
-"""Label efficiency of SMIT pretraining on Hippocampus: fine-tune on few labelled cases with and without it.
+"""Label efficiency: fine-tune on few labelled cases, with and without SMIT pretraining, beside nnU-Net v2.
 
-Steps (each through the product's own commands, in an isolated work folder; finished steps are reused):
-1. convert the MSD Task04_Hippocampus folder to the raw format, plan and preprocess it (``--preset``);
-2. pretrain the encoder on every Hippocampus image, labels unused (``smitunet_pretrain --plans``), for
-   ``--pretrain_epochs`` or, with ``--pretrain_minutes``, for as many epochs as a short calibration run says fit;
-3. write ``splits_final.json`` whose fold 0 trains on ``--num_train`` labelled cases and validates on
-   ``--num_eval`` other cases;
-4. fine-tune fold 0 under the same budget for every seed of ``--finetune_seeds``: from scratch, and with
-   ``--pretrained smit.pt`` for each trainer of ``--pretrained_trainers`` (``SMITTrainerEncoderLR1`` of
-   ``label_efficiency_trainers.py`` trains the pretrained encoder at the decoder's learning rate);
-5. print and write (``label_efficiency_<method>.{json,md}`` in the work folder) the fold-validation Dice (mean
-   over the anterior/posterior labels) of every run, the mean over seeds and the differences.
+    python benchmarks/label_efficiency.py --protocol cpu --labelled 8 --seeds 0 1 2      # the Left Atrium
+    python benchmarks/label_efficiency.py --protocol cpu --labelled 8 --rows probe_random probe_smit --seeds 0
+    python benchmarks/label_efficiency.py --report_only                                   # tables from the file
 
-``--jobs N`` runs up to N commands at once (scratch fine-tunes alongside pretraining): for a GPU with many CPU
-cores. CPU example (small budget)::
+Any dataset in nnU-Net v2 raw format (or an MSD task folder) works: ``--source FOLDER -d ID``. The default is
+``../shared/data/Dataset010_LeftAtrium``. Cases: see ``_le_data`` (``case_order.txt``: the first N are
+labelled, the last ``--num_eval`` are evaluated and never labelled nor, without ``--pretrain_on_all``,
+pretrained on). Rows (``--rows``), each fine-tuned with the same budget and evaluated on the same cases:
 
-    python benchmarks/label_efficiency.py --preset smit_small --pretrain_epochs 12 --pretrain_iters 25 \
-        --pretrain_batch 4 --finetune_epochs 10 --finetune_iters 25 --threads 2 --device cpu
+- ``scratch``: ``smitunet_train`` from random weights on N labelled cases;
+- ``smit`` (``smart``, ``gmim``): the same from ``smitunet_pretrain --method M`` weights, pretrained once on the
+  images of every non-evaluation case (labels never read);
+- ``nnunet``: nnU-Net v2 (its own virtual environment, planned at the same target spacing), same cases;
+- ``upper``: ``scratch`` with every non-evaluation case labelled (its N is that count, whatever ``--labelled``);
+- ``probe_random`` / ``probe_smit``: the encoder frozen (random / pretrained), only the decoder trains.
 
-GPU example (4 minutes of pretraining, three seeds, two pretrained variants)::
+The fine-tuning budget is wall time (``--budget_minutes``) of one run alone with ``--threads`` threads; a short
+calibration run of each tool turns it into that tool's epochs, recorded in the results file, so later runs
+(other rows, seeds, invocations, ``--jobs`` side by side) train the same iterations.
 
-    python benchmarks/label_efficiency.py --preset smit_small --pretrain_minutes 4 --pretrain_batch 16 \
-        --finetune_seeds 0 1 2 --pretrained_trainers SMITTrainer SMITTrainerEncoderLR1 --jobs 10 --device cuda
+Everything is resumable: the work folder keeps the data, the pretraining (continued with ``--c`` when it was
+interrupted) and each fine-tuned model folder (``smitunet_predict`` reads ``<work>/results_<row>_s<seed>``);
+``<work>/label_efficiency.json`` records each finished run as it ends, and a rerun skips it. The report (md, json,
+two plots) goes to ``benchmarks/results/``.
 
-The target is pretrained >= scratch + 3 Dice points; the budgets are printed with the result.
+Protocols (``--protocol``; every setting can be overridden):
+- ``cpu``: 2-core machine; 1.25 mm, a 1 GB memory target (patch 48x48x64, batch 2, 3 Swin stages on the Left
+  Atrium), fold validation without mirroring, two jobs of one thread each.
+- ``gpu``: the dataset's own spacing, nnU-Net's default 8 GB target, mirroring, CUDA.
 """
-
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import subprocess
+import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _le_data as data  # noqa: E402
+import _le_report as report  # noqa: E402
+import _nnunet_env as nn  # noqa: E402
+from _jobs import Job, run_jobs  # noqa: E402
+from _report import RESULTS_DIR, machine_description, now_utc  # noqa: E402
+from _train_side import budget_epochs, val_iters  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DATASET = "Dataset004_Hippocampus"
-PLUGIN_TRAINERS = {name: f"label_efficiency_trainers:{name}" for name in ("SMITTrainerEncoderLR1",
-                                                                         "SMITTrainerFrozenEncoder")}
+PLUGIN_TRAINERS = {name: f"label_efficiency_trainers:{name}" for name in (
+    "SMITTrainerFrozenEncoder", "SMITTrainerUniformLR", "SMITTrainerEncoderWarmup")}
+METHODS = ("smit", "smart", "gmim")
+# row -> (pretraining method or None, trainer); nnunet is nnU-Net's own trainer
+SMITUNET_ROWS = {"scratch": (None, "SMITTrainer"), "upper": (None, "SMITTrainer"),
+                 **{m: (m, "SMITTrainer") for m in METHODS},
+                 "smit_uniform_lr": ("smit", "SMITTrainerUniformLR"), "smit_warmup": ("smit", "SMITTrainerEncoderWarmup"),
+                 "probe_random": (None, "SMITTrainerFrozenEncoder"), "probe_smit": ("smit", "SMITTrainerFrozenEncoder")}
+ROWS = (*SMITUNET_ROWS, "nnunet")
+PROTOCOLS = {
+    "cpu": dict(spacing=[1.25, 1.25, 1.25], gpu_memory_target=1.0, device="cpu", tta=False, budget_minutes=40.0,
+                iters_per_epoch=25, threads=1, jobs=2, workers=1, pretrain_epochs=30, pretrain_iters=30,
+                pretrain_batch=2, pretrain_workers=1, pretrain_threads=1),
+    "gpu": dict(spacing=None, gpu_memory_target=8.0, device="cuda", tta=True, budget_minutes=30.0,
+                iters_per_epoch=250, threads=4, jobs=4, workers=3, pretrain_epochs=100, pretrain_iters=100,
+                pretrain_batch=16, pretrain_workers=6, pretrain_threads=4),
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--msd", type=Path, default=REPO.parent / "shared" / "data" / "Task04_Hippocampus")
-    p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work" / "label_efficiency")
-    p.add_argument("--preset", default="smit_tiny")
-    p.add_argument("--method", default="smit", choices=("smit", "smart", "gmim"))
-    p.add_argument("--pretrain_epochs", type=int, default=10)
-    p.add_argument("--pretrain_minutes", type=float, default=None,
-                   help="pretrain for about this long instead of --pretrain_epochs (a 2-epoch calibration run "
-                        "measures the time per step first)")
-    p.add_argument("--pretrain_iters", type=int, default=50)
-    p.add_argument("--pretrain_batch", type=int, default=4)
-    p.add_argument("--pretrain_workers", type=int, default=2)
-    p.add_argument("--export_weights", default="student", choices=("teacher", "student"),
-                   help="encoder written to smit.pt; short runs keep the EMA teacher near its initialisation, so "
-                        "the student is the default here (default %(default)s)")
-    p.add_argument("--finetune_epochs", type=int, default=20)
-    p.add_argument("--finetune_iters", type=int, default=25)
-    p.add_argument("--finetune_seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--finetune_workers", type=int, default=0)
-    p.add_argument("--pretrained_trainers", nargs="+", default=["SMITTrainer"],
-                   choices=["SMITTrainer", *PLUGIN_TRAINERS])
-    p.add_argument("--scratch_trainers", nargs="+", default=["SMITTrainer"], choices=["SMITTrainer", *PLUGIN_TRAINERS],
-                   help="trainers of the runs without --pretrained (SMITTrainerFrozenEncoder: a random-encoder probe)")
-    p.add_argument("--num_train", type=int, default=10)
-    p.add_argument("--num_eval", type=int, default=40)
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and of pretraining")
-    p.add_argument("--threads", type=int, default=2, help="torch threads per command (CPU)")
-    p.add_argument("--jobs", type=int, default=1, help="commands run at once")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--fresh", action="store_true", help="redo every step instead of reusing finished ones")
-    return p.parse_args(argv)
+    p.add_argument("--source", type=Path, default=REPO.parent / "shared" / "data" / "Dataset010_LeftAtrium",
+                   help="dataset folder: nnU-Net v2 raw format or an MSD task")
+    p.add_argument("-d", "--dataset_id", type=int, default=None, help="id for both tools (default: the folder's)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="cpu")
+    p.add_argument("--work", type=Path, default=None, help="work folder (default benchmarks/work/le_<id>_<protocol>)")
+    p.add_argument("--labelled", type=int, nargs="+", default=[8])
+    p.add_argument("--num_eval", type=int, default=20)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--rows", nargs="+", default=["scratch", "smit", "nnunet"], choices=ROWS)
+    p.add_argument("--split_seed", type=int, default=0, help="case order when the dataset has no case_order.txt")
+    p.add_argument("--pretrain_on_all", action="store_true", help="also pretrain on the evaluation cases' images")
+    p.add_argument("--preset", default="smit_small")
+    for name, kind in (("spacing", float), ("gpu_memory_target", float), ("device", str), ("budget_minutes", float),
+                       ("iters_per_epoch", int), ("threads", int), ("jobs", int), ("workers", int),
+                       ("pretrain_epochs", int), ("pretrain_iters", int), ("pretrain_batch", int),
+                       ("pretrain_workers", int), ("pretrain_threads", int)):
+        p.add_argument(f"--{name}", type=kind, nargs=3 if name == "spacing" else None, default=None,
+                       help="default: the protocol's")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="mirroring in fold validation")
+    p.add_argument("--recalibrate", action="store_true", help="measure the budget again (finished runs are kept)")
+    p.add_argument("--report_only", action="store_true")
+    args = p.parse_args(argv)
+    for key, value in PROTOCOLS[args.protocol].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.source = args.source.resolve()
+    if not (args.source / "dataset.json").is_file():
+        sys.exit(f"error: {args.source}: no dataset.json (give --source a dataset folder)")
+    if args.dataset_id is None:
+        digits = args.source.name[7:10] if args.source.name.startswith("Dataset") else args.source.name[4:6]
+        if not digits.isdigit():
+            sys.exit(f"error: {args.source.name}: give the dataset id with -d")
+        args.dataset_id = int(digits)
+    args.name = data.dataset_name(args.source, args.dataset_id)
+    args.work = (args.work or REPO / "benchmarks" / "work" / f"le_{args.dataset_id:03d}_{args.protocol}").resolve()
+    return args
 
 
-@dataclass
-class Job:
-    name: str
-    cmd: list[str]
-    env: dict[str, str]
-    log: Path
-    after: list[str] = field(default_factory=list)   # jobs that must have finished first
-    process: subprocess.Popen | None = None
-    started: float = 0.0
-    seconds: float | None = None
-
-
-def run_jobs(jobs: list[Job], max_running: int) -> dict[str, float]:
-    """Run the jobs, at most ``max_running`` at once, each after its dependencies; stop everything at the first
-    failure (its log's tail is printed). Returns each job's wall time."""
-    pending, running, done = list(jobs), [], {}
-    while pending or running:
-        for job in [j for j in pending if all(a in done for a in j.after)]:
-            if len(running) >= max_running:
-                break
-            print(f"[{time.strftime('%H:%M:%S')}] start {job.name}: {' '.join(job.cmd)}", flush=True)
-            job.log.parent.mkdir(parents=True, exist_ok=True)
-            with open(job.log, "a") as f:
-                f.write(f"$ {' '.join(job.cmd)}\n")
-                job.process = subprocess.Popen(job.cmd, env=job.env, stdout=f, stderr=subprocess.STDOUT)
-            job.started = time.time()
-            pending.remove(job)
-            running.append(job)
-        time.sleep(0.5)
-        for job in list(running):
-            code = job.process.poll()
-            if code is None:
-                continue
-            running.remove(job)
-            if code != 0:
-                for other in running:
-                    other.process.kill()
-                tail = job.log.read_text().splitlines()[-15:]
-                sys.exit(f"{job.name} failed (exit {code}); last lines of {job.log}:\n" + "\n".join(tail))
-            done[job.name] = time.time() - job.started
-            print(f"[{time.strftime('%H:%M:%S')}] done {job.name} in {done[job.name]:.0f} s", flush=True)
-    return done
-
-
-def environment(work: Path, results: str, threads: int) -> dict[str, str]:
+# -- environments ---------------------------------------------------------------------------------------------
+def smitunet_env(args, results: str | None = None, threads: int | None = None) -> dict[str, str]:
     env = dict(os.environ)
     path = [str(Path(__file__).resolve().parent), env.get("PYTHONPATH", "")]
-    env.update(smitunet_raw=str(work / "raw"), smitunet_preprocessed=str(work / "preprocessed"),
-               smitunet_results=str(work / results), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               PYTHONPATH=os.pathsep.join(p for p in path if p))
+    threads = str(threads or args.threads)
+    env.update(smitunet_raw=str(args.work / "raw"), smitunet_preprocessed=str(args.work / "preprocessed"),
+               smitunet_results=str(args.work / (results or "results")), OMP_NUM_THREADS=threads,
+               MKL_NUM_THREADS=threads, PYTHONPATH=os.pathsep.join(p for p in path if p))
     return env
 
 
-def write_splits(preprocessed: Path, num_train: int, num_eval: int, seed: int) -> dict:
-    cases = sorted(p.name[:-len(".json")] for p in (preprocessed / "smitunetPlans_3d_fullres").glob("*.json"))
-    if len(cases) < num_train + num_eval:
-        sys.exit(f"only {len(cases)} preprocessed cases; need {num_train + num_eval}")
-    order = np.random.default_rng(seed).permutation(len(cases))
-    split = {"train": sorted(cases[i] for i in order[:num_train]),
-             "val": sorted(cases[i] for i in order[num_train:num_train + num_eval])}
-    path = preprocessed / "splits_final.json"
-    path.write_text(json.dumps([split], indent=2))
-    return split
+def nnunet_env(args, results: str) -> dict[str, str]:
+    root = args.work / "nnunet"
+    env = nn.nnunet_env(args.threads)
+    env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
+               nnUNet_results=str(root / results), nnUNet_n_proc_DA=str(args.workers),
+               OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    for sub in ("raw", "preprocessed"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    return env
 
 
-def validation_summary(work: Path, results: str, trainer: str) -> Path:
-    return (work / results / DATASET / f"{trainer}__smitunetPlans__3d_fullres" / "fold_0" / "validation"
-            / "summary.json")
+def run_now(name: str, cmd: list, env: dict, log: Path) -> None:
+    run_jobs([Job(name, cmd, env, log)], 1)
 
 
-def fold_dice(summary_path: Path) -> dict:
-    summary = json.loads(summary_path.read_text())
-    per_label = {k: v["dice"] for k, v in summary["mean"].items()}
-    return {"mean": summary["foreground_mean"]["dice"], "per_label": per_label, "cases": len(summary["metric_per_case"])}
+# -- stages ---------------------------------------------------------------------------------------------------
+def stage_raw(args) -> Path:
+    raw = args.work / "raw" / args.name
+    if (raw / "dataset.json").is_file():
+        return raw
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    if data.dataset_kind(args.source) == "nnunetv2":
+        raw.symlink_to(args.source, target_is_directory=True)
+    else:
+        run_now("convert", ["smitunet_convert_msd", "-i", args.source, "-d", args.dataset_id], smitunet_env(args),
+                args.work / "logs" / "convert.log")
+    return raw
 
 
-def pretrain_command(args, plans: Path, output: Path, epochs: int, iters: int) -> list[str]:
-    return ["smitunet_pretrain", "-o", str(output), "-d", "4", "--plans", str(plans), "-c", "3d_fullres",
-            "--method", args.method, "--epochs", str(epochs), "--iters_per_epoch", str(iters),
-            "--batch_size", str(args.pretrain_batch), "--seed", str(args.seed), "--device", args.device,
-            "--export_weights", args.export_weights, "--num_workers", str(args.pretrain_workers)]
+def plans_path(args) -> Path:
+    return args.work / "preprocessed" / args.name / "smitunetPlans.json"
 
 
-def calibrated_epochs(args, plans: Path, work: Path, env: dict[str, str]) -> tuple[int, float]:
-    """Epochs of ``--pretrain_iters`` steps that fit ``--pretrain_minutes``, from the second epoch of a short run
-    (the first holds start-up and warm-up)."""
-    out = work / "calibration" / "smit.pt"
-    iters = max(5, min(args.pretrain_iters, 20))
-    if not out.with_name("smit_log.json").is_file():
-        run_jobs([Job("pretrain_calibration", pretrain_command(args, plans, out, 2, iters), env,
-                      work / "logs" / "pretrain_calibration.log")], 1)
-    rows = json.loads(out.with_name("smit_log.json").read_text())
-    seconds_per_step = rows[-1]["epoch_time"] / iters
-    epochs = max(1, math.floor(args.pretrain_minutes * 60 / (seconds_per_step * args.pretrain_iters)))
-    print(f"calibration: {seconds_per_step:.3f} s per pretraining step -> {epochs} x {args.pretrain_iters} steps",
-          flush=True)
-    return epochs, seconds_per_step
+def plan_smitunet(args) -> None:
+    if plans_path(args).is_file():
+        return
+    cmd = ["smitunet_plan_and_preprocess", "-d", args.dataset_id, "--preset", args.preset, "-c", "3d_fullres",
+           "--gpu_memory_target", args.gpu_memory_target, "-np", max(2, args.jobs)]
+    run_now("plan_and_preprocess", cmd + (["--spacing", *args.spacing] if args.spacing else []),
+            smitunet_env(args, threads=args.pretrain_threads), args.work / "logs" / "plan_and_preprocess.log")
+
+
+def plan_nnunet(args) -> str:
+    """nnU-Net's own plans and preprocessing, at the same target spacing; returns its plans name."""
+    plans = "nnUNetPlans" if not args.spacing else "nnUNetPlans_" + "x".join(f"{s:g}" for s in args.spacing)
+    pre = args.work / "nnunet" / "preprocessed" / args.name
+    if (pre / f"{plans}.json").is_file() and (pre / f"{plans}_3d_fullres").is_dir():
+        return plans
+    nn.ensure_venv()
+    env = nnunet_env(args, "results")
+    raw = args.work / "nnunet" / "raw" / args.name
+    if not raw.exists():
+        raw.symlink_to(args.work / "raw" / args.name, target_is_directory=True)
+    bin_ = nn.venv_bin
+    log = args.work / "logs" / "nnunet_plan.log"
+    cores = str(max(2, args.jobs))
+    run_now("nnunet_fingerprint", [bin_("nnUNetv2_extract_fingerprint"), "-d", args.dataset_id, "-np", cores], env, log)
+    plan = [bin_("nnUNetv2_plan_experiment"), "-d", args.dataset_id, "-gpu_memory_target", args.gpu_memory_target]
+    if args.spacing:
+        plan += ["-overwrite_target_spacing", *args.spacing, "-overwrite_plans_name", plans]
+    run_now("nnunet_plan", plan, env, log)
+    run_now("nnunet_preprocess", [bin_("nnUNetv2_preprocess"), "-d", args.dataset_id, "-plans_name", plans,
+                                  "-c", "3d_fullres", "-np", cores], env, log)
+    return plans
+
+
+def write_splits(args, evaluation: list[str], subsets: dict[int, list[str]]) -> dict[int, int]:
+    """{labelled: fold}: one fold per subset in both tools' splits_final.json (the same indices)."""
+    folds = {}
+    for n, train in subsets.items():
+        for root in (args.work / "preprocessed", args.work / "nnunet" / "preprocessed"):
+            folds[n] = data.fold_for(root / args.name / "splits_final.json", train, evaluation)
+    return folds
+
+
+def pretrain_command(args, method: str, images: Path) -> list:
+    return ["smitunet_pretrain", "-o", args.work / f"smit_{method}.pt", "-i", images, "--plans", plans_path(args),
+            "-c", "3d_fullres", "--method", method, "--epochs", args.pretrain_epochs, "--iters_per_epoch",
+            args.pretrain_iters, "--batch_size", args.pretrain_batch, "--seed", 0, "--device", args.device,
+            "--export_weights", "student", "--num_workers", args.pretrain_workers, "--cache", args.work / "pretrain_cache"]
+
+
+def pretraining_done(args, method: str) -> bool:
+    log = args.work / f"smit_{method}_log.json"
+    return log.is_file() and len(json.loads(log.read_text())) >= args.pretrain_epochs
+
+
+def pretrain_job(args, method: str, images: Path) -> Job | None:
+    if pretraining_done(args, method):
+        return None
+    cmd = pretrain_command(args, method, images)
+    if (args.work / f"smit_{method}_state.pt").is_file():
+        cmd.append("--c")  # an interrupted pretraining continues where it stopped
+    return Job(f"pretrain_{method}", cmd, smitunet_env(args, threads=args.pretrain_threads),
+               args.work / "logs" / f"pretrain_{method}.log")
+
+
+# -- budget ---------------------------------------------------------------------------------------------------
+def _steady(values: list[float]) -> float:
+    return sorted(values[1:] or values)[len(values[1:] or values) // 2]
+
+
+def calibrate(args, results: dict, fold: int, nnunet_plans: str | None) -> dict:
+    """Epochs per tool for ``--budget_minutes``, from a 2-epoch run of each alone (recorded, then reused)."""
+    budget = results.get("budget")
+    if budget and not args.recalibrate:
+        return budget
+    iters_cal = 10
+    cal = args.work / "calibration"
+    shutil.rmtree(cal, ignore_errors=True)
+    budget_s = 60 * args.budget_minutes
+    out = {"budget_minutes": args.budget_minutes, "iters_per_epoch": args.iters_per_epoch, "threads": args.threads,
+           "measured": now_utc()}
+    env = smitunet_env(args, "calibration/smitunet")
+    start = time.time()
+    run_now("calibrate_smitunet", ["smitunet_train", args.dataset_id, "3d_fullres", fold, "--epochs", 2,
+                                   "--iters_per_epoch", iters_cal, "--num_workers", args.workers, "--device",
+                                   args.device, "--disable_tta"], env, args.work / "logs" / "calibrate_smitunet.log")
+    rows = json.loads(next((cal / "smitunet").rglob("metrics.json")).read_text())
+    smit = {"train_s_per_iter": _steady([r["train_time"] / iters_cal for r in rows]),
+            "epoch_overhead_s": _steady([r["epoch_time"] - r["train_time"] for r in rows]),
+            "startup_s": 0.0, "wall_s": time.time() - start}
+    out["smitunet"] = smit
+    out["smitunet_epochs"] = budget_epochs(smit, iters_cal, args.iters_per_epoch, budget_s)
+    if nnunet_plans is not None:
+        result = cal / "nnunet.json"
+        env = nnunet_env(args, "calibration/nnunet")
+        run_now("calibrate_nnunet", [nn.venv_python(), Path(__file__).resolve().parent / "_nnunet_driver.py",
+                                     "--dataset", args.name, "--plans", nnunet_plans, "--fold", fold, "--epochs", 2,
+                                     "--iters", iters_cal, "--val-iters", val_iters(iters_cal), "--threads",
+                                     args.threads, "--out", result], env, args.work / "logs" / "calibrate_nnunet.log")
+        epochs = json.loads(result.read_text())["epochs"]
+        nnu = {"train_s_per_iter": _steady([e["train_s"] / e["iters"] for e in epochs]),
+               "epoch_overhead_s": _steady([e["epoch_s"] - e["train_s"] for e in epochs]), "startup_s": 0.0}
+        out["nnunet"] = nnu
+        out["nnunet_epochs"] = budget_epochs(nnu, iters_cal, args.iters_per_epoch, budget_s)
+    results["budget"] = out
+    return out
+
+
+# -- fine-tuning runs -------------------------------------------------------------------------------------------
+def smitunet_job(args, row: str, labelled: int, seed: int, fold: int, budget: dict) -> Job:
+    method, trainer = SMITUNET_ROWS[row]
+    cmd = ["smitunet_train", args.dataset_id, "3d_fullres", fold, "-tr", PLUGIN_TRAINERS.get(trainer, trainer),
+           "--epochs", budget["smitunet_epochs"], "--iters_per_epoch", args.iters_per_epoch, "--num_workers",
+           args.workers, "--seed", seed, "--device", args.device]
+    cmd += [] if args.tta else ["--disable_tta"]
+    cmd += ["--pretrained", args.work / f"smit_{method}.pt"] if method else []
+    key = report.run_key(row, labelled, seed)
+    job = Job(key, cmd, smitunet_env(args, f"results_{row}_s{seed}"), args.work / "logs" / f"{row}_L{labelled}_s{seed}.log",
+              after=[f"pretrain_{method}"] if method else [])
+    job.fold_dir = (args.work / f"results_{row}_s{seed}" / args.name / f"{trainer}__smitunetPlans__3d_fullres"
+                    / f"fold_{fold}")
+    return job
+
+
+def nnunet_job(args, labelled: int, seed: int, fold: int, budget: dict, plans: str) -> Job:
+    key = report.run_key("nnunet", labelled, seed)
+    out = args.work / "nnunet" / f"run_L{labelled}_s{seed}.json"
+    cmd = [nn.venv_python(), Path(__file__).resolve().parent / "_nnunet_driver.py", "--dataset", args.name, "--plans",
+           plans, "--fold", fold, "--epochs", budget["nnunet_epochs"], "--iters", args.iters_per_epoch,
+           "--val-iters", val_iters(args.iters_per_epoch), "--seed", seed, "--threads", args.threads, "--validate",
+           "--out", out] + ([] if args.tta else ["--no-mirroring"])
+    job = Job(key, cmd, nnunet_env(args, f"results_s{seed}"), args.work / "logs" / f"nnunet_L{labelled}_s{seed}.log")
+    job.result_json = out
+    return job
+
+
+def collect_smitunet(job: Job, seconds: float) -> dict:
+    summary = json.loads((job.fold_dir / "validation" / "summary.json").read_text())
+    metrics = json.loads((job.fold_dir / "metrics.json").read_text())
+    curve = [r["ema_pseudo_dice"] for r in metrics]
+    iters = int(job.cmd[job.cmd.index("--iters_per_epoch") + 1])
+    return {"dice": summary["foreground_mean"]["dice"], "hd95": summary["foreground_mean"]["hd95"],
+            "per_case_dice": {c["case"]: _fg_mean(c["metrics"], "dice") for c in summary["metric_per_case"]},
+            "curve": curve, "curve_gain": report.curve_gain(curve), "iters_per_epoch": iters,
+            "iterations": iters * len(metrics), "train_s": sum(r["epoch_time"] for r in metrics),
+            "data_wait": _median([r["data_wait_fraction"] for r in metrics]), "wall_s": seconds,
+            "model_folder": str(job.fold_dir)}
+
+
+def collect_nnunet(args, job: Job, seconds: float) -> dict:
+    """nnU-Net's fold validation predictions, scored by the same metrics code as smitunet's rows."""
+    from smitunet.evaluation.evaluate import evaluate_folders
+
+    run = json.loads(job.result_json.read_text())
+    folder = Path(run["output_folder"]) / "validation"
+    summary = evaluate_folders(args.work / "raw" / args.name / "labelsTr", folder, allow_subset=True,
+                               output_file=folder / "summary_smitunet_metrics.json")
+    curve, ema = [], None
+    for e in run["epochs"]:  # the same EMA of the pseudo-Dice as smitunet's log
+        d = float(sum(e["pseudo_dice"]) / len(e["pseudo_dice"]))
+        ema = d if ema is None else 0.9 * ema + 0.1 * d
+        curve.append(ema)
+    return {"dice": summary["foreground_mean"]["dice"], "hd95": summary["foreground_mean"]["hd95"],
+            "per_case_dice": {c["case"]: _fg_mean(c["metrics"], "dice") for c in summary["metric_per_case"]},
+            "curve": curve, "curve_gain": report.curve_gain(curve), "iters_per_epoch": args.iters_per_epoch,
+            "iterations": sum(e["iters"] for e in run["epochs"]), "train_s": run["train_wall_s"],
+            "data_wait": _median([e["data_wait_fraction"] for e in run["epochs"]]), "wall_s": seconds,
+            "patch_size": run["patch_size"], "batch_size": run["batch_size"], "model_folder": run["output_folder"]}
+
+
+def _fg_mean(metrics: dict, key: str) -> float:
+    values = [m[key] for m in metrics.values()]
+    return float(sum(values) / len(values))
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    return float(values[len(values) // 2]) if values else float("nan")
+
+
+# -- main -----------------------------------------------------------------------------------------------------
+def describe(args, source_order: str, evaluation: list[str], subsets: dict, pool: int, budget: dict | None) -> list[str]:
+    plans = json.loads(plans_path(args).read_text())["configurations"]["3d_fullres"]
+    kw = plans["network"]["kwargs"]
+    lines = [f"dataset {args.name} ({args.source.name}); cases ordered by {source_order}; {len(evaluation)} evaluation "
+             f"cases (never labelled{'' if args.pretrain_on_all else ', not pretrained on'}); labelled subsets "
+             f"{sorted(subsets)} of {pool} non-evaluation cases",
+             f"protocol {args.protocol}: spacing {plans['spacing']} mm, patch {plans['patch_size']}, batch "
+             f"{plans['batch_size']}, {plans['network']['name']} with {kw['num_stages']} Swin stages, device "
+             f"{args.device}, fold validation {'with' if args.tta else 'without'} mirroring, {args.threads} thread(s) "
+             f"per run, {args.jobs} run(s) at once",
+             f"pretraining: {args.pretrain_epochs} x {args.pretrain_iters} steps of {args.pretrain_batch} crops x 2 "
+             f"views on the images of {'all' if args.pretrain_on_all else 'the non-evaluation'} cases"]
+    if budget:
+        lines.append(f"fine-tuning budget {budget['budget_minutes']} min of one run alone: smitunet "
+                     f"{budget['smitunet_epochs']} x {budget['iters_per_epoch']} iterations"
+                     + (f", nnU-Net {budget['nnunet_epochs']} x {budget['iters_per_epoch']}" if "nnunet_epochs" in budget
+                        else ""))
+    return lines
+
+
+def write_report(args, results: dict) -> None:
+    stem = f"label_efficiency_{args.name}_{args.protocol}"
+    work_md = args.work / f"{stem}.md"
+    text = report.markdown(results, f"Label efficiency on {args.name} ({args.protocol} protocol)")
+    work_md.write_text(text + "\n")
+    report.plot(results, args.work / f"{stem}.png", args.work / f"{stem}_curves.png")
+    RESULTS_DIR.mkdir(exist_ok=True)
+    for suffix in (".md", ".png", "_curves.png"):
+        shutil.copyfile(args.work / f"{stem}{suffix}", RESULTS_DIR / f"{stem}{suffix}")
+    shutil.copyfile(args.work / "label_efficiency.json", RESULTS_DIR / f"{stem}.json")
+    print(text)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    work = args.work.resolve()
-    if args.fresh and work.exists():
-        import shutil
+    args.work.mkdir(parents=True, exist_ok=True)
+    results_path = args.work / "label_efficiency.json"
+    committed = RESULTS_DIR / f"label_efficiency_{args.name}_{args.protocol}.json"
+    # A new work folder starts from the committed results: runs of earlier sessions are not repeated.
+    results = report.load_results(results_path if results_path.is_file() else committed)
+    if args.report_only:
+        return write_report(args, results)
+    raw = stage_raw(args)
+    all_cases = sorted(p.name[: -len(".nii.gz")] if p.name.endswith(".nii.gz") else p.stem
+                       for p in (raw / "labelsTr").iterdir() if not p.name.startswith("."))
+    order, source_order = data.case_order(raw, all_cases, args.split_seed)
+    pool = len(order) - args.num_eval
+    wanted = sorted(set(args.labelled) | ({pool} if "upper" in args.rows else set()))
+    evaluation, subsets = data.select(order, wanted, args.num_eval)
+    plan_smitunet(args)
+    nnunet_plans = plan_nnunet(args) if "nnunet" in args.rows else None
+    folds = write_splits(args, evaluation, subsets)
+    budget = calibrate(args, results, folds[min(args.labelled)], nnunet_plans)
+    if nnunet_plans is not None and "nnunet_epochs" not in budget:
+        sys.exit("error: the recorded budget has no nnU-Net calibration; rerun with --recalibrate")
+    results["description"] = describe(args, source_order, evaluation, subsets, pool, budget)
+    results["machine"] = results.get("machine") or machine_description()
+    report.save_results(results, results_path)
 
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    logs, times = work / "logs", {}
-    env = environment(work, "results_scratch", args.threads)
-    preprocessed = work / "preprocessed" / DATASET
-    plans = preprocessed / "smitunetPlans.json"
-    if not (work / "raw" / DATASET / "dataset.json").is_file():
-        (work / "raw").mkdir(exist_ok=True)
-        times |= run_jobs([Job("convert", ["smitunet_convert_msd", "-i", str(args.msd), "-d", "4"], env,
-                               logs / "convert.log")], 1)
-    if not plans.is_file():
-        times |= run_jobs([Job("plan_and_preprocess", [
-            "smitunet_plan_and_preprocess", "-d", "4", "--preset", args.preset, "-c", "3d_fullres",
-            "-np", str(max(args.threads, args.jobs))], env, logs / "plan_and_preprocess.log")], 1)
-    split = write_splits(preprocessed, args.num_train, args.num_eval, args.seed)
-    smit = work / f"smit_{args.method}.pt"
-    jobs, pretrain_after, calibration = [], [], None
-    if args.pretrain_minutes is not None and not smit.is_file():
-        args.pretrain_epochs, calibration = calibrated_epochs(args, plans, work, env)
-    if not smit.is_file():
-        jobs.append(Job("pretrain", pretrain_command(args, plans, smit, args.pretrain_epochs, args.pretrain_iters),
-                        env, logs / "pretrain.log"))
-        pretrain_after = ["pretrain"]
-    budget = ["--epochs", str(args.finetune_epochs), "--iters_per_epoch", str(args.finetune_iters),
-              "--num_workers", str(args.finetune_workers), "--device", args.device]
-    runs = {}  # variant -> seed -> (results folder, trainer folder name)
-    variants = [("scratch" if t == "SMITTrainer" else f"scratch_{t}", t, []) for t in args.scratch_trainers] + [
-        (f"pretrained_{t}", t, ["--pretrained", str(smit)]) for t in args.pretrained_trainers]
-    for variant, trainer, extra in variants:
-        for seed in args.finetune_seeds:
-            folder = f"results_{variant}_{args.method}_seed{seed}" if extra else f"results_{variant}_seed{seed}"
-            runs.setdefault(variant, {})[seed] = (folder, trainer)
-            if args.fresh or not validation_summary(work, folder, trainer).is_file():
-                jobs.append(Job(f"{variant}_seed{seed}", [
-                    "smitunet_train", "4", "3d_fullres", "0", "-tr", PLUGIN_TRAINERS.get(trainer, trainer),
-                    *budget, "--seed", str(seed), *extra], environment(work, folder, args.threads),
-                    logs / f"{variant}_seed{seed}.log", after=pretrain_after if extra else []))
-    times |= run_jobs(jobs, max(1, args.jobs))
-    results = {variant: {seed: fold_dice(validation_summary(work, folder, trainer))
-                         for seed, (folder, trainer) in seeds.items()} for variant, seeds in runs.items()}
-    report(args, split, results, times, work, calibration)
+    pretrain_images = data.link_images(raw, order if args.pretrain_on_all else order[:pool], args.work / "pretrain_images")
+    methods = sorted({SMITUNET_ROWS[r][0] for r in args.rows if r != "nnunet"} - {None})
+    jobs = [j for j in (pretrain_job(args, m, pretrain_images) for m in methods) if j is not None]
+    for row in args.rows:
+        for labelled in ([pool] if row == "upper" else args.labelled):
+            for seed in args.seeds:
+                if report.run_key(row, labelled, seed) in results["runs"]:
+                    continue
+                if row == "nnunet":
+                    jobs.append(nnunet_job(args, labelled, seed, folds[labelled], budget, nnunet_plans))
+                else:
+                    jobs.append(smitunet_job(args, row, labelled, seed, folds[labelled], budget))
 
+    def record(job: Job, seconds: float) -> None:
+        if job.name.startswith("pretrain_"):
+            return
+        row = report.parse_key(job.name)[0]
+        run = collect_nnunet(args, job, seconds) if row == "nnunet" else collect_smitunet(job, seconds)
+        results["runs"][job.name] = run
+        report.save_results(results, results_path)
+        print(f"  {job.name}: Dice {100 * run['dice']:.2f}, HD95 {run['hd95']:.2f} mm", flush=True)
 
-def pretraining_losses(work: Path, method: str) -> list[dict]:
-    path = work / f"smit_{method}_log.json"
-    return json.loads(path.read_text()) if path.is_file() else []
-
-
-def report(args, split: dict, results: dict, times: dict, work: Path, calibration: float | None) -> None:
-    seeds = args.finetune_seeds
-    means = {v: float(np.mean([r["mean"] for r in per_seed.values()])) for v, per_seed in results.items()}
-    reference = "scratch" if "scratch" in means else next(iter(means))
-    rows = pretraining_losses(work, args.method)
-    lines = [f"Label efficiency, Hippocampus: fine-tune on {len(split['train'])} labelled cases, evaluate on "
-             f"{len(split['val'])} others ({args.preset}, device {args.device})", ""]
-    if rows:
-        first, last = rows[0], rows[-1]
-        lines.append(f"- pretraining ({args.method}, labels unused, {last['step']} steps of {args.pretrain_batch} "
-                     f"samples x 2 views, {sum(r['epoch_time'] for r in rows):.0f} s): "
-                     + ", ".join(f"{k} {first[k]:.3f} -> {last[k]:.3f}" for k in ("reconstruction", "patch", "global")))
-    lines += [f"- fine-tuning: {args.finetune_epochs} x {args.finetune_iters} iterations per run, seeds {seeds}", "",
-              "| variant | " + " | ".join(f"seed {s}" for s in seeds) + f" | mean | vs {reference} |",
-              "|---|" + "---|" * (len(seeds) + 2)]
-    for variant, per_seed in results.items():
-        diff = "" if variant == reference else f"{100 * (means[variant] - means[reference]):+.2f} points"
-        lines.append(f"| {variant} | " + " | ".join(f"{per_seed[s]['mean']:.4f}" for s in seeds)
-                     + f" | {means[variant]:.4f} | {diff} |")
-    lines.append("")
-    if calibration is not None:
-        lines.append(f"- calibration: {calibration:.3f} s per pretraining step alone -> {args.pretrain_epochs} epochs "
-                     f"for {args.pretrain_minutes} minutes")
-    lines += [f"- time {step}: {seconds:.1f} s" for step, seconds in times.items()]
-    text = "\n".join(lines)
-    print("\n" + text + "\n(target: pretrained >= scratch + 3.00 points)")
-    (work / f"label_efficiency_{args.method}.md").write_text(text + "\n")
-    (work / f"label_efficiency_{args.method}.json").write_text(json.dumps(
-        {"results": results, "mean_dice": means, "pretraining_log": rows, "times_s": times,
-         "calibration_s_per_step": calibration,
-         "budgets": vars(args) | {"msd": str(args.msd), "work": str(args.work)}}, indent=2, default=str))
+    print(f"{len(jobs)} job(s) to run, {len(results['runs'])} run(s) already recorded in {results_path}", flush=True)
+    run_jobs(jobs, max(1, args.jobs), on_done=record)
+    write_report(args, results)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,22 @@
 from smitunet.training.trainer import SMITTrainer
 
 
-class SMITTrainerEncoderLR1(SMITTrainer):
-    """The pretrained encoder at the decoder's learning rate (the default trains it 4x slower)."""
-
-    encoder_lr_scale = 1.0
-
-
 class SMITTrainerFrozenEncoder(SMITTrainer):
     """A probe of the encoder's features: it stays as initialised (pretrained or random), only the decoder trains."""
 
     def encoder_frozen(self):
         return True
+
+
+class SMITTrainerUniformLR(SMITTrainer):
+    """No layer-wise decay: the pretrained encoder learns at the decoder's rate (the recipe's ablation)."""
+
+    layer_decay = 1.0
+
+
+class SMITTrainerEncoderWarmup(SMITTrainer):
+    """The encoder frozen for the first 10 % of the iterations while the fresh decoder learns to read it."""
+
+    @property
+    def encoder_warmup_iters(self):
+        return self.num_epochs * self.iters_per_epoch // 10

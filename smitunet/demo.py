@@ -35,9 +35,15 @@ class SMITDemoTrainer(SMITTrainer):
 def demo_folders(work_dir: Path) -> Iterator[dict[str, Path]]:
     """Point the three smitunet folder variables into ``work_dir`` and restore them afterwards."""
     folders = {kind: work_dir / kind for kind in ("raw", "preprocessed", "results")}
+    for path in folders.values():
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SmitunetError(f"--work_dir {work_dir}: cannot create {path} ({exc.strerror or exc})") from None
+    if not os.access(work_dir, os.W_OK):
+        raise SmitunetError(f"--work_dir {work_dir}: not writable")
     saved = {kind: os.environ.get(f"smitunet_{kind}") for kind in folders}
     for kind, path in folders.items():
-        path.mkdir(parents=True, exist_ok=True)
         os.environ[f"smitunet_{kind}"] = str(path)
     try:
         yield folders

@@ -64,8 +64,13 @@ class Geometry:
             a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
             scale = max(1.0, float(np.abs(a).max(initial=0)))
             if a.shape != b.shape or not np.allclose(a, b, atol=tol * scale, rtol=0):
-                return f"{name} {tuple(np.round(a, 5))} != {tuple(np.round(b, 5))}"
+                return f"{name} {_plain(a)} != {_plain(b)}"
         return None
+
+
+def _plain(values: np.ndarray) -> tuple[float, ...]:
+    """Python floats (numpy 2 prints its scalars as ``np.float64(0.8)``), rounded for messages."""
+    return tuple(round(float(v), 5) for v in np.ravel(values))
 
 
 def image_ending(path: str | Path) -> str | None:

@@ -1,7 +1,8 @@
-"""The job runner and report of ``label_efficiency.py``: order, concurrency, failure, the table.
+"""The label-efficiency benchmark's pieces: job runner, case selection and splits, results file, report.
 
-Run with ``python -m pytest -q benchmarks/tests`` (not part of the project's suite: benchmarks only).
+Runs in CI beside the project's tests (``testpaths`` in pyproject.toml); no training happens here.
 """
+import json
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -10,7 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from label_efficiency import Job, report, run_jobs  # noqa: E402
+import _le_data as data  # noqa: E402
+import _le_report as report  # noqa: E402
+from _jobs import Job, run_jobs  # noqa: E402
 
 
 def _job(name, tmp_path, code, after=()):
@@ -21,9 +24,10 @@ def test_dependent_jobs_wait_and_independent_ones_overlap(tmp_path):
     stamp = "import time; open({path!r}, 'a').write('{name} %f\\n' % time.time()); time.sleep(0.6)"
     order = tmp_path / "order.txt"
     jobs = [_job(n, tmp_path, stamp.format(path=str(order), name=n), after) for n, after in
-            (("pretrain", ()), ("scratch", ()), ("pretrained", ("pretrain",)))]
-    times = run_jobs(jobs, max_running=3)
-    assert set(times) == {"pretrain", "scratch", "pretrained"}
+            (("pretrain", ()), ("scratch", ()), ("pretrained", ("pretrain",)), ("later", ("done_before",)))]
+    seen = []
+    times = run_jobs(jobs, max_running=3, on_done=lambda job, s: seen.append(job.name))
+    assert set(times) == set(seen) == {"pretrain", "scratch", "pretrained", "later"}
     starts = {line.split()[0]: float(line.split()[1]) for line in order.read_text().splitlines()}
     assert abs(starts["scratch"] - starts["pretrain"]) < 0.5           # ran side by side
     assert starts["pretrained"] >= starts["pretrain"] + 0.6              # only after its dependency finished
@@ -38,16 +42,86 @@ def test_a_failed_job_stops_the_run_with_its_log_tail(tmp_path):
     assert jobs[1].process.wait(timeout=5) != 0                          # the other job was killed
 
 
-def test_report_means_over_seeds_and_differences(tmp_path, capsys):
-    def dice(v):
-        return {"mean": v, "per_label": {"1": v, "2": v}, "cases": 40}
+def test_case_order_file_decides_labelled_and_evaluation_cases(tmp_path):
+    cases = [f"c{i:02d}" for i in range(10)]
+    listed = list(reversed(cases))
+    (tmp_path / "case_order.txt").write_text("\n".join(listed) + "\n")
+    order, source = data.case_order(tmp_path, cases, seed=0)
+    assert order == listed and source == "case_order.txt"
+    evaluation, subsets = data.select(order, [2, 4], num_eval=3)
+    assert evaluation == ["c00", "c01", "c02"]                           # the last three of the file
+    assert subsets == {2: ["c08", "c09"], 4: ["c06", "c07", "c08", "c09"]}  # the first N
+    assert not set(evaluation) & set(subsets[4])
+    with pytest.raises(SystemExit, match="only 7 cases"):
+        data.select(order, [8], num_eval=3)
+    (tmp_path / "case_order.txt").write_text("c00\n")
+    with pytest.raises(SystemExit, match="does not list exactly"):
+        data.case_order(tmp_path, cases, seed=0)
 
-    results = {"scratch": {0: dice(0.70), 1: dice(0.80)}, "pretrained_SMITTrainer": {0: dice(0.76), 1: dice(0.80)}}
-    args = Namespace(finetune_seeds=[0, 1], preset="smit_small", device="cpu", method="smit", pretrain_batch=4,
-                     finetune_epochs=2, finetune_iters=3, pretrain_epochs=1, pretrain_minutes=None,
-                     msd=Path("msd"), work=tmp_path)
-    report(args, {"train": ["a"] * 10, "val": ["b"] * 40}, results, {"pretrain": 12.0}, tmp_path, None)
-    table = (tmp_path / "label_efficiency_smit.md").read_text()
-    assert "fine-tune on 10 labelled cases, evaluate on 40 others" in table
-    assert "| scratch | 0.7000 | 0.8000 | 0.7500 |  |" in table
-    assert "| pretrained_SMITTrainer | 0.7600 | 0.8000 | 0.7800 | +3.00 points |" in table
+
+def test_seeded_order_without_a_case_order_file(tmp_path):
+    cases = [f"c{i:02d}" for i in range(10)]
+    first, source = data.case_order(tmp_path, cases, seed=3)
+    assert sorted(first) == cases and first != cases and "seed 3" in source
+    assert data.case_order(tmp_path, list(reversed(cases)), seed=3)[0] == first
+
+
+def test_folds_are_appended_and_found_again(tmp_path):
+    path = tmp_path / "splits_final.json"
+    assert data.fold_for(path, ["b", "a"], ["z"]) == 0
+    assert data.fold_for(path, ["a", "b", "c"], ["z"]) == 1
+    assert data.fold_for(path, ["a", "b"], ["z"]) == 0                   # found, not duplicated
+    assert json.loads(path.read_text()) == [{"train": ["a", "b"], "val": ["z"]}, {"train": ["a", "b", "c"], "val": ["z"]}]
+
+
+def test_pretraining_image_links_follow_the_cases(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "imagesTr").mkdir(parents=True)
+    for case in ("a", "b", "c"):
+        (raw / "imagesTr" / f"{case}_0000.nii.gz").write_text(case)
+    target = data.link_images(raw, ["a", "b"], tmp_path / "links")
+    assert sorted(p.name for p in target.iterdir()) == ["a_0000.nii.gz", "b_0000.nii.gz"]
+    data.link_images(raw, ["c"], target)                                  # stale links removed
+    assert [p.name for p in target.iterdir()] == ["c_0000.nii.gz"]
+
+
+def test_convergence_gain_over_the_last_fifth():
+    assert report.curve_gain([0.1, 0.5, 0.7, 0.8, 0.81, 0.82, 0.83, 0.84, 0.845, 0.85]) == pytest.approx(0.85 - 0.84)  # after 8 of 10 epochs
+    assert report.curve_gain([0.5]) is None
+
+
+def _run(dice, hd95=5.0):
+    return {"dice": dice, "hd95": hd95, "curve": [dice - 0.1, dice], "curve_gain": 0.004, "iters_per_epoch": 25}
+
+
+def test_report_means_sd_and_paired_differences(tmp_path):
+    results = {"runs": {report.run_key("scratch", 8, 0): _run(0.70), report.run_key("scratch", 8, 1): _run(0.80),
+                        report.run_key("smit", 8, 0): _run(0.76, 4.0), report.run_key("smit", 8, 1): _run(0.82, 6.0),
+                        report.run_key("scratch", 4, 0): _run(0.60)},
+               "description": ["dataset X"], "budget": {"budget_minutes": 40}}
+    table = report.summarise(results)
+    smit = table[8]["smit"]
+    assert smit["dice_mean"] == pytest.approx(0.79) and smit["dice_sd"] == pytest.approx(0.0424264, rel=1e-4)
+    assert smit["paired_dice_diff"] == pytest.approx({0: 0.06, 1: 0.02}) and smit["mean_diff_points"] == pytest.approx(4.0)
+    text = report.markdown(results, "LE")
+    assert "| smitunet, SMIT-pretrained | 2 | 79.0 ± 4.2 | 5.0 ± 1.4 | 76.0, 82.0 | +6.0, +2.0 | +4.00 |" in text
+    assert "| smitunet from scratch | 2 | 75.0 ± 7.1 | 5.0 ± 0.0 | 70.0, 80.0 |  |  |" in text
+    assert "## 4 labelled cases" in text and "- scratch|L8|s0: +0.40 points" in text and "- budget_minutes: 40" in text
+    report.plot(results, tmp_path / "p.png", tmp_path / "c.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000 and (tmp_path / "c.png").stat().st_size > 1000
+    report.save_results(results, tmp_path / "r.json")
+    assert report.load_results(tmp_path / "r.json") == json.loads(json.dumps(results))
+
+
+def test_harness_arguments_take_the_protocol_and_dataset_id(tmp_path):
+    import label_efficiency
+
+    source = tmp_path / "Dataset010_LeftAtrium"
+    source.mkdir()
+    (source / "dataset.json").write_text("{}")
+    args = label_efficiency.parse_args(["--source", str(source), "--work", str(tmp_path / "w")])
+    assert (args.dataset_id, args.name, args.spacing, args.budget_minutes, args.tta) == \
+        (10, "Dataset010_LeftAtrium", [1.25, 1.25, 1.25], 40.0, False)
+    args = label_efficiency.parse_args(["--source", str(source), "--protocol", "gpu", "--budget_minutes", "5"])
+    assert (args.spacing, args.budget_minutes, args.device) == (None, 5.0, "cuda")
+    assert isinstance(args, Namespace)

@@ -131,12 +131,12 @@ def _check_label(case: str, label: Path, allowed: set[int] | None, out: CheckedC
         return
     values, integral = label_values(seg)
     if not integral:
-        out.problems.append(f"case {case}: label {Path(label).name} has non-integer values "
-                            f"(e.g. {sorted(values)[:3]})")
+        shown = ", ".join(f"{float(v):g}" for v in sorted(values)[:3])  # numpy scalars would print np.float64(..)
+        out.problems.append(f"case {case}: label {Path(label).name} has non-integer values (e.g. {shown})")
         return
-    if allowed is not None and (unknown := sorted(values - allowed)):
+    if allowed is not None and (unknown := sorted(int(v) for v in values - allowed)):
         out.problems.append(f"case {case}: label {Path(label).name} has value(s) {unknown} not in dataset.json "
-                            f"labels {sorted(allowed)}")
+                            f"labels {sorted(int(v) for v in allowed)}")
         return
     if values <= {0}:
         out.warnings.append(f"case {case}: label is all background")

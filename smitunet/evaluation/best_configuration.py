@@ -24,11 +24,11 @@ from smitunet.dataset.raw import list_training_cases, load_dataset_json
 from smitunet.errors import SmitunetError, cli_entry
 from smitunet.evaluation.ensemble import ENSEMBLES_FOLDER, ensemble_name, ensure_probabilities, \
     write_ensemble_crossval
-from smitunet.evaluation.evaluate import evaluate_pairs, json_safe, list_label_files
+from smitunet.evaluation.evaluate import evaluate_pairs, list_label_files
 from smitunet.evaluation.postprocessing import determine_postprocessing, save_postprocessing
 from smitunet.inference.model_folder import INFERENCE_INFORMATION_FILE
 from smitunet.paths import raw_dir, resolve_dataset_name, results_dir
-from smitunet.utils.files import save_json
+from smitunet.utils.files import json_safe, save_json
 
 DEFAULT_FOLDS = ("0", "1", "2", "3", "4")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -12,7 +11,7 @@ import numpy as np
 from smitunet.errors import SmitunetError
 from smitunet.evaluation.metrics import case_metrics, class_metrics, foreground_mean, mean_metrics
 from smitunet.imageio import image_ending, read_image
-from smitunet.utils.files import save_json
+from smitunet.utils.files import json_safe, save_json
 
 Label = int | tuple[int, ...]
 
@@ -93,17 +92,6 @@ def _fill_missing_labels(per_case: list[dict]) -> list[str]:
                 c["metrics"][k] = class_metrics(empty, empty, (1.0, 1.0, 1.0))
         c["metrics"] = {k: c["metrics"][k] for k in keys}
     return keys
-
-
-def json_safe(obj):
-    """NaN -> None so the summary is strict JSON."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def evaluate_folders(ref_dir: str | Path, pred_dir: str | Path, labels: Sequence[Label] | None = None,

@@ -13,10 +13,9 @@ import numpy as np
 from acvl_utils.morphology.morphology_helper import remove_all_but_largest_component
 
 from smitunet.errors import SmitunetError
-from smitunet.evaluation.evaluate import json_safe
 from smitunet.evaluation.metrics import dice
 from smitunet.imageio import read_image
-from smitunet.utils.files import load_json, save_json
+from smitunet.utils.files import json_safe, load_json, save_json
 
 POSTPROCESSING_FILE = "postprocessing.json"
 

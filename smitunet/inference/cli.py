@@ -106,10 +106,10 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     written = predictor.predict_folder(args.input, args.output)
     identifiers = [m.identifier for m in models]
-    save_json({"model": identifiers[0] if len(models) == 1 else " + ".join(identifiers), "models": identifiers,
-               "folds": folds[0] if len(models) == 1 else folds, "checkpoint": args.checkpoint,
-               "postprocessing": predictor.postprocessing, **{k: v for k, v in vars(args).items()}},
-              f"{args.output}/prediction_settings.json")
+    # The arguments first: the resolved folds (and model) must not be overwritten by the raw ``-f`` (None).
+    save_json({**vars(args), "model": identifiers[0] if len(models) == 1 else " + ".join(identifiers),
+               "models": identifiers, "folds": folds[0] if len(models) == 1 else folds, "checkpoint": args.checkpoint,
+               "postprocessing": predictor.postprocessing}, f"{args.output}/prediction_settings.json")
     print(f"predicted {len(written)} case(s) into {args.output} in {time.perf_counter() - start:.1f} s")
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from smitunet.errors import SmitunetError, cli_entry
 from smitunet.networks.registry import get_preset, is_swin
 from smitunet.plans import NetworkConfig, Plans
@@ -15,7 +13,7 @@ from smitunet.pretraining.config import METHODS, PretrainSettings
 from smitunet.pretraining.data import PRETRAIN_CONFIGURATION, collect_sources, derived_plans, preprocess_sources
 from smitunet.pretraining.trainer import PretrainingRun, RunOptions
 from smitunet.training.distributed import barrier, init_distributed, shutdown_distributed
-from smitunet.utils.device import default_num_workers, resolve_device
+from smitunet.utils.device import default_num_workers, process_device, resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=None,
                    help="background processes preparing the next steps' views and masks; 0 = in process (default: 2 "
                         "on CPU, one per spare core up to 12 on CUDA)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -118,8 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         plans = derived_plans(sources, channel_names, args.spacing, network, seed=args.seed)
     device = resolve_device(args.device)
     dist_ctx = init_distributed(device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", dist_ctx.local_rank)
+    device = process_device(device, dist_ctx.enabled, dist_ctx.local_rank)
     workers = args.num_workers if args.num_workers is not None else default_num_workers(device.type, dist_ctx.world_size)
     try:
         volumes = preprocess_sources(sources, plans, configuration, args.cache, show_progress=dist_ctx.is_main)

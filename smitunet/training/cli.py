@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from smitunet.errors import SmitunetError, cli_entry
 from smitunet.paths import preprocessed_dir, resolve_dataset_name, training_output_dir
 from smitunet.plans import DEFAULT_PLANS_NAME, Plans
 from smitunet.training.distributed import init_distributed, shutdown_distributed
 from smitunet.training.registry import DEFAULT_TRAINER, get_trainer_class, trainer_name_for_folder
 from smitunet.training.trainer import TrainingContext, TrainingOptions
-from smitunet.utils.device import default_num_workers, resolve_device
+from smitunet.utils.device import default_num_workers, process_device, resolve_device
 from smitunet.utils.files import load_json
 
 
@@ -26,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trainer name (built-in or entry point 'smitunet.trainers') or package.module:ClassName")
     p.add_argument("-p", "--plans", default=DEFAULT_PLANS_NAME, help="plans name (default: %(default)s)")
     p.add_argument("--pretrained", type=Path, help="SMIT checkpoint to initialise the encoder from")
+    p.add_argument("--accept_partial_pretrained", action="store_true",
+                   help="load --pretrained even when fewer than 90 %% of the encoder's tensors match (the report "
+                        "lists what stays at initialisation)")
+    p.add_argument("--pretrained_branch", choices=("teacher", "student"), default="teacher",
+                   help="encoder taken from a checkpoint that holds both (default %(default)s)")
     p.add_argument("--c", dest="continue_training", action="store_true",
                    help="continue from the latest checkpoint (also extends a finished run when --epochs is larger)")
     p.add_argument("--val", dest="validation_only", action="store_true",
@@ -33,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--npz", action="store_true", help="also save softmax probabilities of the validation cases")
     p.add_argument("--disable_tta", action="store_true",
                    help="fold validation without test-time mirroring (8x fewer forward passes; for CPU runs)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
     p.add_argument("--epochs", type=int, help="number of epochs (default: the trainer's)")
     p.add_argument("--iters_per_epoch", type=int, help="training iterations per epoch (default: the trainer's)")
     p.add_argument("--num_workers", type=int, default=None,
@@ -73,12 +76,13 @@ def make_trainer(args):
     plans.configuration(args.configuration)  # unknown configuration: one line listing the available ones
     device = resolve_device(args.device)
     dist_ctx = init_distributed(device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", dist_ctx.local_rank)
+    device = process_device(device, dist_ctx.enabled, dist_ctx.local_rank)
     folder_name = trainer_name_for_folder(args.trainer)
     workers = args.num_workers if args.num_workers is not None else default_num_workers(device.type, dist_ctx.world_size)
     options = TrainingOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, num_workers=workers,
-                              seed=args.seed, pretrained=args.pretrained, export_probabilities=args.npz,
+                              seed=args.seed, pretrained=args.pretrained,
+                              accept_partial_pretrained=args.accept_partial_pretrained,
+                              pretrained_branch=args.pretrained_branch, export_probabilities=args.npz,
                               disable_tta=args.disable_tta)
     ctx = TrainingContext(
         plans=plans, configuration=args.configuration, fold=fold, dataset_json=load_json(dataset_dir / "dataset.json"),

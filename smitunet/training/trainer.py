@@ -41,6 +41,8 @@ class TrainingOptions:
     num_workers: int = 2                  # background augmentation processes; 0 = in the training process
     seed: int = 0
     pretrained: Path | None = None
+    accept_partial_pretrained: bool = False   # load even when < 90 % of the encoder's tensors match
+    pretrained_branch: str = "teacher"        # which encoder of a student/teacher checkpoint
     export_probabilities: bool = False    # --npz: also save softmax probabilities during fold validation
     disable_tta: bool = False             # --disable_tta: fold validation without test-time mirroring
 
@@ -126,7 +128,8 @@ class Trainer:
         """Load pretrained encoder weights through the checkpoint adapter; returns its report."""
         from smitunet.networks.checkpoint_adapter import load_pretrained
 
-        return load_pretrained(network, path)
+        return load_pretrained(network, path, prefer=self.options.pretrained_branch,
+                               accept_partial=self.options.accept_partial_pretrained)
 
     # -- optimisation --------------------------------------------------------------------------------
     def build_loss(self) -> nn.Module:

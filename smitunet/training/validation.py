@@ -21,7 +21,7 @@ from smitunet.inference.export import export_case
 from smitunet.inference.sliding_window import predict_sliding_window
 from smitunet.plans import Plans
 from smitunet.preprocessing.preprocessor import restore_original_geometry
-from smitunet.utils.files import load_json, save_json
+from smitunet.utils.files import json_safe, load_json, save_json
 
 
 def raw_label_files(dataset_name: str) -> dict[str, Path]:
@@ -82,5 +82,5 @@ def validate_fold(network, plans: Plans, configuration: str, data_folder: Path, 
     means = mean_metrics([c["metrics"] for c in per_case])
     summary = {**(about or {}), "reference": "raw" if raw_labels else "preprocessed",
                "foreground_mean": foreground_mean(means), "mean": means, "metric_per_case": per_case}
-    save_json(summary, folder / "summary.json")
+    save_json(json_safe(summary), folder / "summary.json")  # NaN (no structure in a case) -> null
     return summary

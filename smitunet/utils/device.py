@@ -13,10 +13,27 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA without a GPU is a one-line user error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SmitunetError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise SmitunetError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SmitunetError(f"--device {name} was requested but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SmitunetError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def process_device(device: torch.device, distributed: bool, local_rank: int) -> torch.device:
+    """The device of this process: under torchrun each process takes the GPU of its local rank; a single
+    process keeps the GPU asked for (``cuda:N``), ``cuda`` alone meaning the first."""
+    if device.type != "cuda":
+        return device
+    if distributed:
+        return torch.device("cuda", local_rank)
+    return torch.device("cuda", device.index or 0)
 
 
 def default_num_workers(device_type: str, world_size: int = 1, cpu_count: int | None = None) -> int:

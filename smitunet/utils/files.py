@@ -46,6 +46,17 @@ def _json_default(obj: Any):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def json_safe(obj: Any) -> Any:
+    """NaN and infinities -> None (JSON null), so that a file is strict JSON that every reader accepts."""
+    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def save_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> None:
     with atomic_path(path, suffix=".json") as tmp:
         with open(tmp, "w") as f:

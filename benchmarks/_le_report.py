@@ -1,0 +1,173 @@
+"""Results file, tables and plots of the label-efficiency benchmark.
+
+The results file (``label_efficiency.json`` in the work folder) is the benchmark's memory: every finished run is
+recorded there as it ends, keyed ``row|L<labelled>|s<seed>``, and a rerun skips what it holds. The report reads
+only that file.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+ROW_TITLES = {
+    "scratch": "smitunet from scratch",
+    "smit": "smitunet, SMIT-pretrained",
+    "smart": "smitunet, SMART-pretrained",
+    "gmim": "smitunet, GMIM-pretrained",
+    "nnunet": "nnU-Net v2 from scratch",
+    "upper": "smitunet from scratch, all non-evaluation cases labelled",
+    "probe_random": "probe: frozen random encoder",
+    "probe_smit": "probe: frozen SMIT-pretrained encoder",
+}
+CONVERGENCE_TAIL = 0.2   # the scratch row must gain < 1 point of validation Dice over this last share
+
+
+def run_key(row: str, labelled: int, seed: int) -> str:
+    return f"{row}|L{labelled}|s{seed}"
+
+
+def parse_key(key: str) -> tuple[str, int, int]:
+    row, labelled, seed = key.split("|")
+    return row, int(labelled[1:]), int(seed[1:])
+
+
+def load_results(path: Path) -> dict:
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"runs": {}}
+
+
+def save_results(results: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    tmp.replace(path)
+
+
+def curve_gain(curve: list[float], tail: float = CONVERGENCE_TAIL) -> float | None:
+    """Gain of a per-epoch validation Dice curve (the EMA of the pseudo-Dice) over its last ``tail`` share."""
+    if len(curve) < 2:
+        return None
+    start = max(0, min(len(curve) - 2, int(round(len(curve) * (1 - tail))) - 1))
+    return float(curve[-1] - curve[start])
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarise(results: dict, reference: str = "scratch") -> dict:
+    """{labelled: {row: {dice: [..per seed], hd95, seeds, mean/sd, paired differences to the reference}}}."""
+    table: dict[int, dict[str, dict]] = {}
+    for key, run in results["runs"].items():
+        row, labelled, seed = parse_key(key)
+        entry = table.setdefault(labelled, {}).setdefault(row, {"seeds": [], "dice": [], "hd95": []})
+        entry["seeds"].append(seed)
+        entry["dice"].append(run["dice"])
+        entry["hd95"].append(run["hd95"])
+    for labelled, rows in table.items():
+        for row, entry in rows.items():
+            order = np.argsort(entry["seeds"])
+            for k in ("seeds", "dice", "hd95"):
+                entry[k] = [entry[k][i] for i in order]
+            entry["dice_mean"], entry["dice_sd"] = _stats(entry["dice"])
+            entry["hd95_mean"], entry["hd95_sd"] = _stats(entry["hd95"])
+        ref = rows.get(reference)
+        for row, entry in rows.items():
+            if ref is None or row == reference:
+                continue
+            paired = {s: d - ref["dice"][ref["seeds"].index(s)] for s, d in zip(entry["seeds"], entry["dice"])
+                      if s in ref["seeds"]}
+            entry["paired_dice_diff"] = paired
+            entry["mean_diff_points"] = 100 * (entry["dice_mean"] - ref["dice_mean"])
+    return table
+
+
+def _fmt(mean: float, sd: float, scale: float = 1.0, digits: int = 1) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{scale * mean:.{digits}f} ± {scale * sd:.{digits}f}"
+
+
+def markdown(results: dict, title: str) -> str:
+    table = summarise(results)
+    lines = [f"# {title}", ""]
+    for item in results.get("description", []):
+        lines.append(f"- {item}")
+    lines.append("")
+    lines += ["Dice in points (mean ± sd over seeds) on the evaluation cases, HD95 in mm; "
+              "Δ = paired difference to `scratch` of the same seed, in Dice points.", ""]
+    for labelled in sorted(table):
+        rows = table[labelled]
+        lines += [f"## {labelled} labelled cases", "",
+                  "| row | seeds | Dice | HD95 (mm) | Dice per seed | Δ per seed | mean Δ |", "|---|---|---|---|---|---|---|"]
+        for row in sorted(rows, key=lambda r: list(ROW_TITLES).index(r) if r in ROW_TITLES else 99):
+            e = rows[row]
+            per_seed = ", ".join(f"{100 * d:.1f}" for d in e["dice"])
+            paired = e.get("paired_dice_diff")
+            deltas = ", ".join(f"{100 * v:+.1f}" for v in paired.values()) if paired else ""
+            mean_delta = f"{e['mean_diff_points']:+.2f}" if paired else ""
+            lines.append(f"| {ROW_TITLES.get(row, row)} | {len(e['seeds'])} | {_fmt(e['dice_mean'], e['dice_sd'], 100)} | "
+                         f"{_fmt(e['hd95_mean'], e['hd95_sd'])} | {per_seed} | {deltas} | {mean_delta} |")
+        lines.append("")
+    convergence = [(key, run["curve_gain"]) for key, run in sorted(results["runs"].items())
+                   if parse_key(key)[0] == "scratch" and run.get("curve_gain") is not None]
+    if convergence:
+        lines += ["## Convergence of the scratch row", "",
+                  f"Gain of the validation pseudo-Dice (EMA) over the last {int(100 * CONVERGENCE_TAIL)} % of the "
+                  "iterations (the rule: under 1 point):", ""]
+        lines += [f"- {key}: {100 * gain:+.2f} points" for key, gain in convergence]
+        lines.append("")
+    budget = results.get("budget")
+    if budget:
+        lines += ["## Budget", ""] + [f"- {k}: {v}" for k, v in budget.items()] + [""]
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path, curves_path: Path | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = summarise(results)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = sorted({row for rows in table.values() for row in rows})
+    for row in rows:
+        points = sorted((n, table[n][row]) for n in table if row in table[n])
+        if not points:
+            continue
+        xs = [n for n, _ in points]
+        means = [100 * e["dice_mean"] for _, e in points]
+        lows = [100 * min(e["dice"]) for _, e in points]
+        highs = [100 * max(e["dice"]) for _, e in points]
+        ax.plot(xs, means, marker="o", label=ROW_TITLES.get(row, row))
+        ax.fill_between(xs, lows, highs, alpha=0.15)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("labelled cases")
+    ax.set_ylabel("Dice (points), mean; band: min-max over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    if curves_path is None:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, run in sorted(results["runs"].items()):
+        curve = run.get("curve")
+        if curve and parse_key(key)[0] in ("scratch", "smit"):
+            iters = run.get("iters_per_epoch", 1)
+            ax.plot([iters * (i + 1) for i in range(len(curve))], [100 * c for c in curve], label=key, lw=1)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("validation pseudo-Dice (EMA), points")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(curves_path, dpi=110)
+    plt.close(fig)
