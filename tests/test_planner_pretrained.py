@@ -154,3 +154,31 @@ def test_plan_and_preprocess_cli_with_spacing_and_pretrained(smitunet_dirs, tmp_
     with pytest.raises(SystemExit) as exc:
         main(["-d", "999", "--pretrained", str(tmp_path / "missing.pt"), "--no_pp", "-np", "1"])
     assert exc.value.code == 2 and "missing.pt: checkpoint file not found" in capsys.readouterr().err
+
+
+def test_pretraining_with_plans_and_planning_from_its_output_agree(smitunet_dirs, tmp_path, capsys):
+    """plans -> smitunet_pretrain --plans -> smitunet_plan_and_preprocess --pretrained: the same network, spacing,
+    normalisation and patch, so the fine-tune loads every encoder tensor."""
+    from smitunet.dataset.synthetic import generate_synthetic_dataset
+    from smitunet.preprocessing.cli import main as plan_main
+    from smitunet.pretraining.cli import main as pretrain_main
+
+    generate_synthetic_dataset(smitunet_dirs["raw"], num_training=4, num_test=0, shape=(20, 24, 22))
+    folder = smitunet_dirs["preprocessed"] / "Dataset999_Synthetic"
+    plan_main(["-d", "999", "--preset", "smit_tiny", "--spacing", "0.8", "0.8", "0.8", "--no_pp", "-np", "1"])
+    first = Plans.load(folder / "smitunetPlans.json").configuration("3d_fullres")
+    ckpt = tmp_path / "smit.pt"
+    pretrain_main(["-o", str(ckpt), "-d", "999", "--plans", str(folder / "smitunetPlans.json"), "--epochs", "1",
+                   "--iters_per_epoch", "1", "--batch_size", "2", "--device", "cpu", "--num_workers", "0"])
+    plan_main(["-d", "999", "--pretrained", str(ckpt), "--no_pp", "-np", "1", "-pl", "fromPretrained"])
+    capsys.readouterr()
+    second = Plans.load(folder / "fromPretrained.json").configuration("3d_fullres")
+    assert (second.spacing, second.patch_size, second.normalization) == (first.spacing, first.patch_size,
+                                                                         first.normalization)
+    for key in ("embed_dim", "depths", "num_heads", "window_size", "num_stages", "strides", "qkv_bias"):
+        want = first.network.kwargs[key]
+        if key in ("depths", "num_heads"):
+            want = want[:first.network.kwargs["num_stages"]]  # the checkpoint holds the stages the plans used
+        assert second.network.kwargs[key] == want, key
+    net = create_network(second.network.name, **second.network.kwargs)
+    assert load_pretrained(net, ckpt).matched_fraction == 1.0

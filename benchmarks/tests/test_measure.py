@@ -1,6 +1,6 @@
 """The measuring helper of the benchmarks: tree memory, timeout, early stop.
 
-Run with ``python -m pytest -q benchmarks/tests`` (not part of the project's suite: benchmarks only).
+Runs in CI with the project's tests.
 """
 import sys
 from pathlib import Path
