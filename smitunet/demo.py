@@ -78,11 +78,9 @@ class Stages:
 def run_demo(work_dir: Path, epochs: int, iters_per_epoch: int, num_training: int, num_test: int,
              device: str = "cpu", seed: int = 0, num_workers: int = 1, tta: bool = True) -> dict:
     """Run all stages; returns the evaluation summary (with ``timings``)."""
+    from smitunet import api
     from smitunet.dataset.synthetic import generate_synthetic_dataset
-    from smitunet.evaluation.evaluate import evaluate_folders
-    from smitunet.inference.cli import main as predict_main
-    from smitunet.preprocessing.cli import main as preprocess_main
-    from smitunet.training.cli import main as train_main
+    from smitunet.inference.predictor import PredictionOptions
 
     stages = Stages()
     with demo_folders(Path(work_dir).resolve()) as folders:
@@ -91,18 +89,16 @@ def run_demo(work_dir: Path, epochs: int, iters_per_epoch: int, num_training: in
                                                  num_test=num_test, seed=seed, overwrite=True)
             print(f"{num_training} training + {num_test} unseen test cases in {dataset}")
         with stages.stage("plan and preprocess (smit_tiny)"):
-            preprocess_main(["-d", str(DATASET_ID), "--preset", "smit_tiny", "-c", "3d_fullres", "--clean"])
+            api.plan_and_preprocess([DATASET_ID], preset="smit_tiny", configurations=["3d_fullres"], clean=True)
         with stages.stage(f"train fold 0 ({epochs} epochs x {iters_per_epoch} iterations)"):
-            train_main([str(DATASET_ID), "3d_fullres", "0", "-tr", DEMO_TRAINER, "--epochs", str(epochs),
-                        "--iters_per_epoch", str(iters_per_epoch), "--device", device,
-                        "--num_workers", str(num_workers), "--seed", str(seed)])
+            api.train(DATASET_ID, "3d_fullres", 0, trainer=DEMO_TRAINER, epochs=epochs, iters_per_epoch=iters_per_epoch,
+                      device=device, num_workers=num_workers, seed=seed)
         predictions = Path(work_dir).resolve() / "predictions"
         with stages.stage("predict the unseen imagesTs"):
-            predict_main(["-i", str(dataset / "imagesTs"), "-o", str(predictions), "-d", str(DATASET_ID),
-                          "-tr", "SMITDemoTrainer", "--device", device, "-npp", "0"]
-                         + ([] if tta else ["--disable_tta"]))
+            api.predict(dataset / "imagesTs", predictions, dataset=DATASET_ID, trainers=["SMITDemoTrainer"],
+                        options=PredictionOptions(device=device, num_processes=0, use_tta=tta))
         with stages.stage("evaluate against labelsTs"):
-            summary = evaluate_folders(dataset / "labelsTs", predictions)
+            summary = api.evaluate(dataset / "labelsTs", predictions)
             for label, m in summary["mean"].items():
                 print(f"label {label}: Dice {m['dice']:.4f}  HD95 {m['hd95']:.2f} mm  NSD {m['nsd']:.4f}")
     summary["timings"] = dict(stages.timings, total=stages.total)

@@ -20,10 +20,14 @@ class DatasetIntegrityError(SmitunetError):
 
 
 def cli_entry(func):
-    """Decorate a CLI ``main`` so a SmitunetError becomes ``error: ...`` on stderr and exit code 2."""
+    """Decorate a CLI ``main``: library messages are logged to stdout/stderr, and a SmitunetError becomes
+    ``error: ...`` on stderr and exit code 2 (only CLIs turn errors into exit codes)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from smitunet.utils.log import configure_cli_logging
+
+        configure_cli_logging()
         try:
             return func(*args, **kwargs)
         except SmitunetError as exc:

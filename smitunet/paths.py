@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 
 from smitunet.errors import SmitunetError
+from smitunet.utils.log import logger
 
 _ENV = {"raw": "smitunet_raw", "preprocessed": "smitunet_preprocessed", "results": "smitunet_results"}
 _warned: set[str] = set()
@@ -25,7 +25,7 @@ def _base(kind: str) -> Path:
     default = Path.cwd() / "smitunet_data" / kind
     if var not in _warned:
         _warned.add(var)
-        print(f"note: ${var} is not set; using {default}", file=sys.stderr)
+        logger.warning(f"note: ${var} is not set; using {default}")
     return default
 
 
@@ -87,3 +87,13 @@ def resolve_dataset_name(identifier: str | int, search: tuple[str, ...] = ("raw"
 
 def training_output_dir(dataset_name: str, trainer: str, plans_name: str, configuration: str) -> Path:
     return results_dir() / dataset_name / f"{trainer}__{plans_name}__{configuration}"
+
+
+# The results layout beyond single models (read by prediction, written by find_best_configuration).
+ENSEMBLES_FOLDER = "ensembles"
+INFERENCE_INFORMATION_FILE = "inference_information.json"
+
+
+def ensemble_name(member_folders) -> str:
+    """nnU-Net's naming ``ensemble___{TRAINER__PLANS__CONFIG}___{...}``, members sorted (order-free)."""
+    return "ensemble___" + "___".join(sorted(member_folders))

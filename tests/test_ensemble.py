@@ -9,7 +9,7 @@ import pytest
 from smitunet.dataset.raw import list_training_cases
 from smitunet.errors import SmitunetError
 from smitunet.evaluation.best_configuration import find_best
-from smitunet.evaluation.ensemble import ensure_probabilities
+from smitunet.evaluation.best_configuration import ensure_probabilities
 from smitunet.imageio import read_image, write_image
 from smitunet.inference.cli import main as predict_main
 from smitunet.inference.predictor import PredictionOptions, Predictor

@@ -8,7 +8,7 @@ from smitunet.dataset.raw import list_training_cases, load_dataset_json
 from smitunet.dataset.synthetic import generate_synthetic_dataset
 from smitunet.imageio import read_image
 from smitunet.preprocessing.fingerprint import extract_fingerprint
-from smitunet.preprocessing.parallel import CasePool
+from smitunet.utils.parallel import CasePool
 
 
 def test_fingerprint_values_match_the_images_and_are_reproducible(tmp_path):

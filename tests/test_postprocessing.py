@@ -1,7 +1,7 @@
 import numpy as np
 
-from smitunet.evaluation.postprocessing import (apply_postprocessing, determine_postprocessing, keep_largest_component,
-                                                load_postprocessing, save_postprocessing)
+from smitunet.evaluation.postprocessing import determine_postprocessing
+from smitunet.postprocessing import apply_postprocessing, keep_largest_component, load_postprocessing, save_postprocessing
 from smitunet.imageio import Geometry, write_image
 
 GEO = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (12, 12, 12))

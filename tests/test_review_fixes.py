@@ -44,7 +44,7 @@ def test_summary_files_are_strict_json(tmp_path):
 
 def test_fold_validation_summary_is_strict_json_when_a_structure_is_absent(tmp_path, smitunet_dirs):
     """A case without label 2, predicted without it: Dice and HD95 undefined (NaN in memory, null on disk)."""
-    from smitunet.training.validation import validate_fold
+    from smitunet.evaluation.fold_validation import validate_fold
     from training_support import make_preprocessed_dataset, tiny_plans
 
     folder = make_preprocessed_dataset(smitunet_dirs["preprocessed"], num_cases=2)

@@ -4,7 +4,10 @@ workers, and fold validation at the original geometry against the raw labels."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+
+from smitunet.training.trainer import SMITTrainer
 
 from smitunet.checkpoint_io import load_checkpoint
 from smitunet.dataset.synthetic import generate_synthetic_dataset
@@ -13,6 +16,7 @@ from smitunet.networks import create_network
 from smitunet.plans import Plans
 from smitunet.preprocessing.cli import main as preprocess_main
 from smitunet.training.cli import main as train_main
+from smitunet.training.trainer import SMITTrainer
 from smitunet.utils.files import load_json
 
 
@@ -39,7 +43,11 @@ def test_generated_dataset_pretrained_training_and_validation(smitunet_dirs, tmp
 
     ckpt = load_checkpoint(fold / "checkpoint_final.pt")
     groups = ckpt["optimizer"]["param_groups"]
-    assert len(groups) == 2 and groups[0]["initial_lr"] == groups[1]["initial_lr"] / 4  # slower encoder
+    # Layer-wise decay: the patch embedding, then each encoder stage, then the decoder at the full rate.
+    stages, decay = net_cfg.kwargs["num_stages"], SMITTrainer.layer_decay
+    assert len(groups) == stages + 2
+    assert [g["initial_lr"] for g in groups] == pytest.approx(
+        [groups[-1]["initial_lr"] * decay ** (stages + 1 - d) for d in range(stages + 2)])
     # Two steps at the encoder's small learning rate: still close to the pretrained weights, not re-initialised.
     key = "patch_embed.proj.weight"
     moved = (ckpt["state_dict"]["encoder." + key] - pretrained[key]).abs().max().item()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -21,8 +20,9 @@ from smitunet.dataset.raw import case_name_problem, path_escapes, read_json_stri
 from smitunet.errors import DatasetIntegrityError, SmitunetError, cli_entry
 from smitunet.imageio import read_sitk
 from smitunet.paths import dataset_folder_name, raw_dir
-from smitunet.preprocessing.parallel import CasePool, available_cores
+from smitunet.utils.parallel import CasePool, available_cores
 from smitunet.utils.files import atomic_path, save_json
+from smitunet.utils.log import logger
 
 _TASK_RE = re.compile(r"^Task(\d+)_(.+)$")
 ENDING = ".nii.gz"
@@ -106,7 +106,7 @@ def convert_msd(task_dir: str | Path, dataset_id: int | None = None, output_raw:
     # Test images are optional extras: unusable entries are skipped with a note, not fatal.
     test, test_problems = _msd_entries(task_dir, msd, "test")
     if test_problems:
-        print(f"note: skipping {len(test_problems)} test entr(y/ies): {test_problems[0]}", file=sys.stderr)
+        logger.warning(f"note: skipping {len(test_problems)} test entr(y/ies): {test_problems[0]}")
         bad = {line.split(":")[0].removeprefix("case ") for line in test_problems}
         test = [t for t in test if t[0] not in bad]
 

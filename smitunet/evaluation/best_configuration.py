@@ -19,18 +19,70 @@ from __future__ import annotations
 import argparse
 from itertools import combinations
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
 
 from smitunet.dataset.raw import list_training_cases, load_dataset_json
 from smitunet.errors import SmitunetError, cli_entry
-from smitunet.evaluation.ensemble import ENSEMBLES_FOLDER, ensemble_name, ensure_probabilities, \
-    write_ensemble_crossval
+from smitunet.evaluation.ensemble import probability_file, validation_cases_per_fold, write_ensemble_crossval
 from smitunet.evaluation.evaluate import evaluate_pairs, list_label_files
-from smitunet.evaluation.postprocessing import determine_postprocessing, save_postprocessing
-from smitunet.inference.model_folder import INFERENCE_INFORMATION_FILE
-from smitunet.paths import raw_dir, resolve_dataset_name, results_dir
-from smitunet.utils.files import json_safe, save_json
+from smitunet.evaluation.postprocessing import determine_postprocessing
+from smitunet.inference.inputs import InputCase
+from smitunet.inference.predictor import PredictionOptions, Predictor
+from smitunet.paths import ENSEMBLES_FOLDER, INFERENCE_INFORMATION_FILE, ensemble_name, raw_dir, resolve_dataset_name, \
+    results_dir
+from smitunet.postprocessing import save_postprocessing
+from smitunet.preprocessing.preprocessor import restore_original_geometry
+from smitunet.utils.files import json_safe, save_json, save_npz
+from smitunet.utils.log import logger
 
 DEFAULT_FOLDS = ("0", "1", "2", "3", "4")
+
+
+def ensure_probabilities(model_dir: Path, folds: Sequence[str], raw_cases: dict[str, dict], use_tta: bool = True,
+                         device: str = "auto") -> int:
+    """Compute the missing validation probabilities of ``model_dir``; returns how many were computed."""
+    per_fold: dict[str, list[str]] = {}
+    for case, fold in validation_cases_per_fold(model_dir, folds).items():
+        if not _is_current(probability_file(model_dir, fold, case), model_dir / f"fold_{fold}" / "checkpoint_final.pt"):
+            per_fold.setdefault(fold, []).append(case)
+    todo = sum(len(v) for v in per_fold.values())
+    if todo:
+        logger.warning(f"{model_dir.name}: predicting validation probabilities of {todo} case(s) (no --npz output "
+                       "found)")
+    for fold, cases in per_fold.items():
+        _predict_fold_probabilities(model_dir, fold, cases, raw_cases, use_tta, device)
+    return todo
+
+
+def _is_current(probabilities: Path, checkpoint: Path) -> bool:
+    """Fold validation writes probabilities after checkpoint_final; older ones belong to an earlier run."""
+    if not probabilities.is_file():
+        return False
+    return not checkpoint.is_file() or probabilities.stat().st_mtime >= checkpoint.stat().st_mtime
+
+
+def _predict_fold_probabilities(model_dir: Path, fold: str, cases: list[str], raw_cases: dict[str, dict],
+                                use_tta: bool, device: str) -> None:
+    checkpoint = model_dir / f"fold_{fold}" / "checkpoint_final.pt"
+    if not checkpoint.is_file():
+        raise SmitunetError(f"{checkpoint}: missing; needed to compute validation probabilities for ensembling "
+                            "(or re-run smitunet_train --val --npz)")
+    options = PredictionOptions(use_tta=use_tta, device=device, num_processes=0, apply_postprocessing=False,
+                                progress=False)
+    predictor = Predictor([checkpoint], options)
+    model = predictor.model
+    for case in tqdm(cases, desc=f"{model_dir.name} fold {fold}", disable=None):
+        if case not in raw_cases:
+            raise SmitunetError(f"{model_dir}: validation case {case} has no raw images")
+        images = tuple(Path(p) for p in raw_cases[case]["images"])
+        data, properties = predictor.preprocess(InputCase(case, images, ""))
+        probabilities = predictor.predict_case(data)
+        restored = restore_original_geometry(probabilities, properties, model.plans, model.configuration,
+                                             is_seg=False)
+        save_npz(probability_file(model_dir, fold, case), probabilities=np.asarray(restored, dtype=np.float32))
 
 
 def validation_predictions(model_dir: Path, folds) -> dict[str, Path] | None:
@@ -99,7 +151,7 @@ def evaluate_ensembles(candidates: list[dict], dataset_name: str, folds, labels:
                                       folder / f"crossval_summary_folds_{'_'.join(folds)}.json", folder)
         members = [_identity(m) for m in (a, b)]
         ensembles.append({"folder": folder, "name": name, "ensemble": True, "members": members, **result})
-        print(f"{name}: cross-validation mean Dice {result['dice']:.4f} ({result['num_cases']} cases)")
+        logger.info(f"{name}: cross-validation mean Dice {result['dice']:.4f} ({result['num_cases']} cases)")
     return ensembles
 
 
@@ -129,7 +181,7 @@ def find_best(dataset: str | int, folds=DEFAULT_FOLDS, configurations=None, trai
             continue
         result.update(trainer=parts[0], plans=parts[1], configuration=parts[2])
         candidates.append(result)
-        print(f"{model_dir.name}: cross-validation mean Dice {result['dice']:.4f} ({result['num_cases']} cases)")
+        logger.info(f"{model_dir.name}: cross-validation mean Dice {result['dice']:.4f} ({result['num_cases']} cases)")
     if not candidates:
         raise SmitunetError(f"{results_dir() / dataset_name}: no model has validation predictions for folds "
                             f"{', '.join(folds)}" + (f" (incomplete: {', '.join(skipped)})" if skipped else ""))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from smitunet.errors import SmitunetError, cli_entry
-from smitunet.evaluation.evaluate import evaluate_folders
 
 
 def parse_label(text: str) -> int | tuple[int, ...]:
@@ -44,8 +43,11 @@ def _print_table(summary: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     labels = [parse_label(t) for t in args.labels] if args.labels else None
-    summary = evaluate_folders(args.gt_dir, args.pred_dir, labels, args.output_file, args.nsd_tolerance,
-                               args.num_processes, args.subset)
+    from smitunet import api
+
+    summary = api.evaluate(args.gt_dir, args.pred_dir, labels=labels, output_file=args.output_file,
+                           nsd_tolerance_mm=args.nsd_tolerance, num_processes=args.num_processes,
+                           allow_subset=args.subset)
     _print_table(summary)
 
 

@@ -4,12 +4,12 @@ The probabilities of each fold's held-out cases are ``fold_F/validation/{case}.n
 (K, z, y, x) float32 in the case's original geometry), written by ``smitunet_train --npz``. Where a case lacks
 them, they are computed once with that fold's ``checkpoint_final.pt`` from the raw images (the prediction
 engine, so preprocessing and export equal ``smitunet_predict``) and stored under the same name, so a re-run
-costs nothing; a probability file older than the fold's checkpoint_final (an earlier training run) is redone. The ensemble's labels go to ``results/DatasetXXX/ensembles/{name}/crossval/{case}{ending}``.
+costs nothing; a probability file older than the fold's checkpoint_final (an earlier training run) is redone
+(``best_configuration.ensure_probabilities``: this module runs no prediction). The ensemble's labels go to ``results/DatasetXXX/ensembles/{name}/crossval/{case}{ending}``.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -19,15 +19,6 @@ from tqdm import tqdm
 from smitunet.errors import SmitunetError
 from smitunet.evaluation.evaluate import list_label_files
 from smitunet.imageio import read_image, write_image
-from smitunet.utils.files import save_npz
-
-ENSEMBLES_FOLDER = "ensembles"
-
-
-def ensemble_name(member_folders: Sequence[str]) -> str:
-    """nnU-Net's naming ``ensemble___{TRAINER__PLANS__CONFIG}___{...}``, members sorted (order-free)."""
-    return "ensemble___" + "___".join(sorted(member_folders))
-
 
 def validation_cases_per_fold(model_dir: Path, folds: Sequence[str]) -> dict[str, str]:
     """case -> fold whose validation holds it (from the fold validation label files)."""
@@ -44,54 +35,6 @@ def load_probabilities(path: Path) -> np.ndarray:
             return np.asarray(npz["probabilities"], dtype=np.float32)
     except (OSError, KeyError, ValueError) as exc:
         raise SmitunetError(f"{path}: not a probability file with 'probabilities' ({exc})") from None
-
-
-def ensure_probabilities(model_dir: Path, folds: Sequence[str], raw_cases: dict[str, dict], use_tta: bool = True,
-                         device: str = "auto") -> int:
-    """Compute the missing validation probabilities of ``model_dir``; returns how many were computed."""
-    per_fold: dict[str, list[str]] = {}
-    for case, fold in validation_cases_per_fold(model_dir, folds).items():
-        if not _is_current(probability_file(model_dir, fold, case), model_dir / f"fold_{fold}" / "checkpoint_final.pt"):
-            per_fold.setdefault(fold, []).append(case)
-    todo = sum(len(v) for v in per_fold.values())
-    if todo:
-        print(f"{model_dir.name}: predicting validation probabilities of {todo} case(s) (no --npz output found)",
-              file=sys.stderr)
-    for fold, cases in per_fold.items():
-        _predict_fold_probabilities(model_dir, fold, cases, raw_cases, use_tta, device)
-    return todo
-
-
-def _is_current(probabilities: Path, checkpoint: Path) -> bool:
-    """Fold validation writes probabilities after checkpoint_final; older ones belong to an earlier run."""
-    if not probabilities.is_file():
-        return False
-    return not checkpoint.is_file() or probabilities.stat().st_mtime >= checkpoint.stat().st_mtime
-
-
-def _predict_fold_probabilities(model_dir: Path, fold: str, cases: list[str], raw_cases: dict[str, dict],
-                                use_tta: bool, device: str) -> None:
-    from smitunet.inference.inputs import InputCase
-    from smitunet.inference.predictor import PredictionOptions, Predictor
-    from smitunet.preprocessing.preprocessor import restore_original_geometry
-
-    checkpoint = model_dir / f"fold_{fold}" / "checkpoint_final.pt"
-    if not checkpoint.is_file():
-        raise SmitunetError(f"{checkpoint}: missing; needed to compute validation probabilities for ensembling "
-                            "(or re-run smitunet_train --val --npz)")
-    options = PredictionOptions(use_tta=use_tta, device=device, num_processes=0, apply_postprocessing=False,
-                                progress=False)
-    predictor = Predictor([checkpoint], options)
-    model = predictor.model
-    for case in tqdm(cases, desc=f"{model_dir.name} fold {fold}", disable=None):
-        if case not in raw_cases:
-            raise SmitunetError(f"{model_dir}: validation case {case} has no raw images")
-        images = tuple(Path(p) for p in raw_cases[case]["images"])
-        data, properties = predictor.preprocess(InputCase(case, images, ""))
-        probabilities = predictor.predict_case(data)
-        restored = restore_original_geometry(probabilities, properties, model.plans, model.configuration,
-                                             is_seg=False)
-        save_npz(probability_file(model_dir, fold, case), probabilities=np.asarray(restored, dtype=np.float32))
 
 
 def write_ensemble_crossval(member_dirs: Sequence[Path], folds: Sequence[str], out_folder: Path,

@@ -1,8 +1,5 @@
-"""Largest-connected-component postprocessing per label: decide on validation results, apply at prediction.
-
-``postprocessing.json`` (written by smitunet_find_best_configuration into the model folder):
-``{"keep_largest_component": [labels...], "per_label": {label: {"dice_before", "dice_after", "num_cases"}}}``.
-"""
+"""Largest-connected-component postprocessing per label, decided on validation results (applied by
+``smitunet.postprocessing``, which prediction shares)."""
 
 from __future__ import annotations
 
@@ -12,38 +9,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from acvl_utils.morphology.morphology_helper import remove_all_but_largest_component
 
-from smitunet.errors import SmitunetError
 from smitunet.evaluation.metrics import dice
 from smitunet.imageio import read_image
-from smitunet.utils.files import json_safe, load_json, save_json
-
-POSTPROCESSING_FILE = "postprocessing.json"
-
-
-def keep_largest_component(labels: np.ndarray, label: int) -> np.ndarray:
-    """Set every voxel of ``label`` outside its largest 26-connected component to background (in place)."""
-    mask = labels == label
-    if mask.any():
-        labels[mask & ~remove_all_but_largest_component(mask)] = 0
-    return labels
-
-
-def apply_postprocessing(labels: np.ndarray, config: dict | None) -> np.ndarray:
-    for label in (config or {}).get("keep_largest_component", []):
-        keep_largest_component(labels, int(label))
-    return labels
-
-
-def load_postprocessing(model_dir: str | Path) -> dict | None:
-    path = Path(model_dir) / POSTPROCESSING_FILE
-    if not path.is_file():
-        return None
-    try:
-        config = load_json(path)
-        [int(v) for v in config["keep_largest_component"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SmitunetError(f"{path}: not a valid postprocessing file ({exc})") from None
-    return config
 
 
 def determine_postprocessing(pairs: Iterable[tuple[Path, Path]], foreground_labels: Sequence[int]) -> dict:
@@ -74,9 +41,3 @@ def _nanmean(values: list[float]) -> float:
     arr = np.asarray(values, dtype=np.float64)
     arr = arr[~np.isnan(arr)]
     return float(arr.mean()) if arr.size else float("nan")
-
-
-def save_postprocessing(config: dict, model_dir: str | Path) -> Path:
-    path = Path(model_dir) / POSTPROCESSING_FILE
-    save_json(json_safe(config), path)
-    return path

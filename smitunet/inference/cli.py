@@ -9,16 +9,10 @@ used, an ensemble included (``--disable_ensemble``: its best single model).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
-from smitunet.errors import SmitunetError, cli_entry
-from smitunet.evaluation.postprocessing import load_postprocessing
-from smitunet.inference.model_folder import (INFERENCE_INFORMATION_FILE, TrainedModel, ensemble_folder,
-                                             find_trained_models, resolve_folds, select_model, select_models)
-from smitunet.inference.predictor import PredictionOptions, Predictor
-from smitunet.paths import results_dir
-from smitunet.utils.files import load_json, save_json
+from smitunet.errors import cli_entry
+from smitunet.inference.predictor import PredictionOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,34 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def choose_models(args) -> list[TrainedModel]:
-    """The requested model(s); when several match only -d, what smitunet_find_best_configuration picked."""
-    if args.dataset is not None and not (args.configuration or args.trainer or args.plans):
-        models = find_trained_models(args.dataset, args.checkpoint)
-        info_file = results_dir() / models[0].dataset / INFERENCE_INFORMATION_FILE if models else None
-        if len(models) > 1 and info_file.is_file():
-            return models_from_information(args.dataset, info_file, args.checkpoint, args.disable_ensemble)
-    return select_models(args.dataset, args.configuration, args.trainer, args.plans, args.checkpoint)
-
-
-def models_from_information(dataset, info_file, checkpoint: str, disable_ensemble: bool) -> list[TrainedModel]:
-    info = load_json(info_file)
-    best = info.get("best_single", info["best"]) if disable_ensemble else info["best"]
-    members = best.get("members") or [best]
-    try:
-        models = [select_model(dataset, m["configuration"], m["trainer"], m["plans"], checkpoint) for m in members]
-    except (KeyError, TypeError):
-        raise SmitunetError(f"{info_file}: not a valid inference information file; re-run "
-                            "smitunet_find_best_configuration") from None
-    print(f"using the best {'ensemble' if len(models) > 1 else 'model'} from {info_file}: "
-          f"{' + '.join(m.folder.name for m in models)}", file=sys.stderr)
-    return models
-
-
-def postprocessing_for(models: list[TrainedModel]) -> dict | None:
-    return load_postprocessing(models[0].folder if len(models) == 1 else ensemble_folder(models))
-
-
 def options_from_args(args) -> PredictionOptions:
     return PredictionOptions(step_size=args.step_size, use_tta=not args.disable_tta, device=args.device,
                              precision=args.precision, tile_batch_size=args.tile_batch_size,
@@ -94,22 +60,14 @@ def options_from_args(args) -> PredictionOptions:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
+    from smitunet import api
+
     args = build_parser().parse_args(argv)
-    models = choose_models(args)
-    folds = [resolve_folds(m, args.folds, args.checkpoint) for m in models]
-    options = options_from_args(args)
-    predictor = Predictor.from_model_folders([(m.folder, f) for m, f in zip(models, folds)], args.checkpoint,
-                                             options, postprocessing_for(models))
-    described = "; ".join(f"{m.identifier} folds {', '.join(f)}" for m, f in zip(models, folds))
-    print(f"{'ensemble' if len(models) > 1 else 'model'} {described}, checkpoint_{args.checkpoint}, "
-          f"device {predictor.device}, TTA {'on' if options.use_tta else 'off'}", file=sys.stderr)
     start = time.perf_counter()
-    written = predictor.predict_folder(args.input, args.output)
-    identifiers = [m.identifier for m in models]
-    # The arguments first: the resolved folds (and model) must not be overwritten by the raw ``-f`` (None).
-    save_json({**vars(args), "model": identifiers[0] if len(models) == 1 else " + ".join(identifiers),
-               "models": identifiers, "folds": folds[0] if len(models) == 1 else folds, "checkpoint": args.checkpoint,
-               "postprocessing": predictor.postprocessing}, f"{args.output}/prediction_settings.json")
+    written = api.predict(args.input, args.output, dataset=args.dataset, configurations=args.configuration,
+                          trainers=args.trainer, plans=args.plans, folds=args.folds, checkpoint=args.checkpoint,
+                          disable_ensemble=args.disable_ensemble, options=options_from_args(args),
+                          settings_extra=vars(args))
     print(f"predicted {len(written)} case(s) into {args.output} in {time.perf_counter() - start:.1f} s")
 
 

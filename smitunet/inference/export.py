@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smitunet.evaluation.postprocessing import apply_postprocessing
+from smitunet.postprocessing import apply_postprocessing
 from smitunet.imageio import Geometry, write_image
 from smitunet.plans import Plans
 from smitunet.utils.files import save_npz

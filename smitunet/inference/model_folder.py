@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from smitunet.errors import SmitunetError
-from smitunet.evaluation.ensemble import ENSEMBLES_FOLDER, ensemble_name
-from smitunet.paths import resolve_dataset_name, results_dir
+from smitunet.postprocessing import load_postprocessing
+from smitunet.utils.files import load_json
+from smitunet.utils.log import logger
+from smitunet.paths import ENSEMBLES_FOLDER, INFERENCE_INFORMATION_FILE, ensemble_name, resolve_dataset_name, \
+    results_dir
 
 _FOLD_RE = re.compile(r"^fold_(\d+|all)$")
-INFERENCE_INFORMATION_FILE = "inference_information.json"
 
 
 @dataclass(frozen=True)
@@ -111,3 +114,35 @@ def resolve_folds(model: TrainedModel, folds: list[str] | None, checkpoint_name:
         raise SmitunetError(f"{model.folder}: fold(s) {', '.join(missing)} have no checkpoint_{checkpoint_name}.pt; "
                             f"trained folds: {', '.join(model.folds) or 'none'}")
     return [str(f) for f in folds]
+
+
+def choose_models(dataset: str | None, configurations: Sequence[str] | None = None,
+                  trainers: Sequence[str] | None = None, plans: Sequence[str] | None = None,
+                  checkpoint: str = "final", disable_ensemble: bool = False) -> list[TrainedModel]:
+    """The models to predict with: those named, else (with only a dataset) find_best_configuration's choice when
+    several are trained, else the only one."""
+    """The requested model(s); when several match only -d, what smitunet_find_best_configuration picked."""
+    if dataset is not None and not (configurations or trainers or plans):
+        models = find_trained_models(dataset, checkpoint)
+        info_file = results_dir() / models[0].dataset / INFERENCE_INFORMATION_FILE if models else None
+        if len(models) > 1 and info_file.is_file():
+            return models_from_information(dataset, info_file, checkpoint, disable_ensemble)
+    return select_models(dataset, configurations, trainers, plans, checkpoint)
+
+
+def models_from_information(dataset, info_file, checkpoint: str, disable_ensemble: bool) -> list[TrainedModel]:
+    info = load_json(info_file)
+    best = info.get("best_single", info["best"]) if disable_ensemble else info["best"]
+    members = best.get("members") or [best]
+    try:
+        models = [select_model(dataset, m["configuration"], m["trainer"], m["plans"], checkpoint) for m in members]
+    except (KeyError, TypeError):
+        raise SmitunetError(f"{info_file}: not a valid inference information file; re-run "
+                            "smitunet_find_best_configuration") from None
+    logger.warning(f"using the best {'ensemble' if len(models) > 1 else 'model'} from {info_file}: "
+                   f"{' + '.join(m.folder.name for m in models)}")
+    return models
+
+
+def postprocessing_for(models: list[TrainedModel]) -> dict | None:
+    return load_postprocessing(models[0].folder if len(models) == 1 else ensemble_folder(models))

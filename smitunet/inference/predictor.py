@@ -25,15 +25,17 @@ from tqdm import tqdm
 
 from smitunet.checkpoint_io import load_checkpoint
 from smitunet.errors import SmitunetError
-from smitunet.evaluation.postprocessing import apply_postprocessing, load_postprocessing
+from smitunet.postprocessing import apply_postprocessing, load_postprocessing
 from smitunet.imageio import Geometry, read_channels, write_image
-from smitunet.inference.export import argmax_int16, export_case, label_lookup, probability_file
+from smitunet.inference.export import (argmax_int16, export_case, label_lookup, probabilities_to_labels,
+                                      probability_file)
 from smitunet.inference.inputs import InputCase, find_input_cases
 from smitunet.inference.sliding_window import predict_sliding_window
 from smitunet.networks import create_network
 from smitunet.plans import Plans
 from smitunet.utils.device import resolve_device
 from smitunet.utils.files import save_npz
+from smitunet.utils.log import logger
 
 
 @dataclass
@@ -226,6 +228,13 @@ class Predictor:
         if len(results) == 1:
             self.export(*results[0], output_file)
             return
+        labels, total = self._ensemble_labels(results)
+        if self.options.save_probabilities:
+            save_npz(probability_file(output_file), probabilities=total)
+        write_image(labels, Geometry.from_dict(results[0][1]["geometry"]), output_file)
+
+    def _ensemble_labels(self, results: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, np.ndarray]:
+        """Models with different preprocessing: each group's mean restored to the original geometry, averaged."""
         from smitunet.preprocessing.preprocessor import restore_original_geometry
 
         total = None
@@ -236,9 +245,26 @@ class Predictor:
             total = restored if total is None else np.add(total, restored, out=total)
         total /= len(self.models)
         labels = apply_postprocessing(label_lookup(self.model.plans)[argmax_int16(total)], self.postprocessing)
-        if self.options.save_probabilities:
-            save_npz(probability_file(output_file), probabilities=total)
-        write_image(labels, Geometry.from_dict(results[0][1]["geometry"]), output_file)
+        return labels, total
+
+    def predict_array(self, data: np.ndarray, geometry: Geometry) -> np.ndarray:
+        """Labels (z, y, x) of one image given as an array (C, z, y, x) with its geometry: no files involved."""
+        from smitunet.preprocessing.preprocessor import preprocess_case
+
+        data = np.asarray(data, dtype=np.float32)
+        if data.ndim == 3:
+            data = data[None]
+        if data.shape[0] != self.model.plans.num_channels or tuple(data.shape[1:]) != geometry.shape_zyx:
+            raise SmitunetError(f"image of shape {data.shape} does not fit: the model needs "
+                                f"{self.model.plans.num_channels} channel(s) and the geometry says {geometry.shape_zyx}")
+        results = []
+        for g, group in enumerate(self.groups):
+            prepared, _, properties = preprocess_case(data, geometry, group[0].plans, group[0].configuration)
+            results.append((self.predict_case(prepared, g), properties))
+        if len(results) > 1:
+            return self._ensemble_labels(results)[0]
+        labels, _ = probabilities_to_labels(*results[0], self.model.plans, self.model.configuration, False)
+        return apply_postprocessing(np.ascontiguousarray(labels), self.postprocessing)
 
     def predict_folder(self, input_path: str | Path, output_dir: str | Path) -> list[Path]:
         """Predict every (remaining) case of ``input_path`` into ``output_dir``; returns the files written."""
@@ -246,7 +272,7 @@ class Predictor:
         cases = find_input_cases(input_path, self.model.plans.num_channels)
         todo, skipped = select_cases(cases, output_dir, self.options)
         if skipped:
-            print(f"continuing: {skipped} case(s) already predicted, {len(todo)} to go", file=sys.stderr)
+            logger.warning(f"continuing: {skipped} case(s) already predicted, {len(todo)} to go")
         output_dir.mkdir(parents=True, exist_ok=True)
         if self.options.num_processes <= 0:
             return [self._run_one(case, output_dir) for case in self._progress(todo)]

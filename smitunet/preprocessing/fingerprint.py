@@ -16,7 +16,7 @@ import numpy as np
 
 from smitunet.dataset.integrity import read_checked_case
 from smitunet.preprocessing.cropping import box_shape, crop, nonzero_bbox
-from smitunet.preprocessing.parallel import CasePool
+from smitunet.utils.parallel import CasePool
 
 FINGERPRINT_VERSION = 1
 SAMPLES_PER_CASE = 10_000  # foreground voxels sampled per case for the intensity statistics (as nnU-Net)

@@ -18,7 +18,7 @@ import numpy as np
 from smitunet.imageio import read_channels, read_image
 from smitunet.plans import Plans
 from smitunet.preprocessing.fingerprint import case_seed
-from smitunet.preprocessing.parallel import CasePool
+from smitunet.utils.parallel import CasePool
 from smitunet.preprocessing.preprocessor import preprocess_case
 from smitunet.utils.files import load_json, save_json, save_npy, save_npz
 

@@ -12,7 +12,7 @@ from smitunet.plans import NetworkConfig, Plans
 from smitunet.pretraining.config import METHODS, PretrainSettings
 from smitunet.pretraining.data import PRETRAIN_CONFIGURATION, collect_sources, derived_plans, preprocess_sources
 from smitunet.pretraining.trainer import PretrainingRun, RunOptions
-from smitunet.training.distributed import barrier, init_distributed, shutdown_distributed
+from smitunet.utils.distributed import barrier, init_distributed, shutdown_distributed
 from smitunet.utils.device import default_num_workers, process_device, resolve_device
 
 

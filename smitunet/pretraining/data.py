@@ -30,6 +30,7 @@ from smitunet.preprocessing.fingerprint import intensity_statistics
 from smitunet.preprocessing.normalization import scheme_for_channel
 from smitunet.preprocessing.preprocessor import preprocess_case
 from smitunet.utils.files import save_npy
+from smitunet.utils.log import logger
 
 PRETRAIN_CONFIGURATION = "pretraining"
 CT_SAMPLES_PER_IMAGE = 10_000
@@ -42,7 +43,7 @@ class ImageSource:
 
 
 def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    logger.warning(f"warning: {message}")
 
 
 def dataset_sources(identifier: str) -> tuple[list[ImageSource], dict[str, str]]:

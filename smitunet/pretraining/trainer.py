@@ -30,7 +30,8 @@ from smitunet.pretraining.model import PretrainNetwork
 from smitunet.pretraining.objective import StepMasks, pretraining_losses
 from smitunet.pretraining.progress import TERMS, output_paths, write_logs
 from smitunet.pretraining.views import StepBatches, ViewSampler
-from smitunet.training.distributed import DistContext
+from smitunet.utils.distributed import DistContext
+from smitunet.utils.log import logger
 
 STATE_VERSION = 1
 NO_DECAY_NAMES = ("mask_token", "relative_position_bias_table", "prototypes", "stage_mask_tokens")
@@ -172,17 +173,17 @@ class PretrainingRun:
             self.epoch += 1
             self.save()
             if self.dist.is_main:
-                print(f"epoch {row['epoch']}: " + ", ".join(f"{k} {row[k]:.4f}" for k in TERMS)
-                      + f", {row['epoch_time']:.1f} s", flush=True)
+                logger.info(f"epoch {row['epoch']}: " + ", ".join(f"{k} {row[k]:.4f}" for k in TERMS)
+                            + f", {row['epoch_time']:.1f} s")
         if self.options.export_official is not None and self.dist.is_main:
             save_official(self.options.export_official, self.exported_encoder())
 
     def _warn_short_teacher_horizon(self) -> None:
         horizon = 1.0 / max(1.0 - self.settings.momentum_base, 1e-9)  # steps the EMA averages over
         if self.options.export_weights == "teacher" and self.total_steps < 4 * horizon and self.dist.is_main:
-            print(f"warning: {self.total_steps} steps is short for a teacher momentum of "
-                  f"{self.settings.momentum_base} (it averages ~{horizon:.0f} steps), so the exported teacher stays "
-                  "close to its initialisation; run longer or pass --export_weights student", file=sys.stderr)
+            logger.warning(f"warning: {self.total_steps} steps is short for a teacher momentum of "
+                           f"{self.settings.momentum_base} (it averages ~{horizon:.0f} steps), so the exported teacher "
+                           "stays close to its initialisation; run longer or pass --export_weights student")
 
     def _mean_over_processes(self, values: list[float]) -> list[float]:
         if not self.dist.enabled:

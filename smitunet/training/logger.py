@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from smitunet.utils.files import atomic_path, save_json
+from smitunet.utils.log import logger
 
 # Per-epoch series kept in the checkpoint ("logs") so a resumed run continues the same curves.
 # train_time: the training iterations alone (epoch_time adds the pseudo-validation).
@@ -42,7 +43,7 @@ class TrainingLogger:
             return
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         line = f"{stamp}: {message}"
-        print(line, flush=True)
+        logger.info(line)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "a") as f:  # append-only text log; a torn last line is harmless
             f.write(line + "\n")

@@ -4,7 +4,9 @@ the epoch loop around the trainer's ``train_step``/``validation_step`` and hooks
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -12,15 +14,33 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from smitunet.errors import SmitunetError
+from smitunet.plans import Plans
 from smitunet.training import checkpointing as ckpt
 from smitunet.training.augmentation import no_augmentation_transforms
 from smitunet.training.batches import BatchStream
 from smitunet.training.data import PreprocessedCases
-from smitunet.training.distributed import all_reduce_sum, barrier, shard_of_batch
+from smitunet.utils.distributed import all_reduce_sum, barrier, shard_of_batch
 from smitunet.training.logger import TrainingLogger, empty_logs
 from smitunet.training.splits import cases_for_fold, load_or_create_splits
 from smitunet.training.trainer import Trainer
 from smitunet.utils.files import save_json
+
+
+@dataclass
+class TrainedFold:
+    """What a finished (or loaded) fold hands to its fold validation."""
+
+    network: torch.nn.Module
+    plans: Plans
+    configuration: str
+    data_folder: Path
+    validation_cases: list[str]
+    output_dir: Path
+    epochs: int
+    needs_validation: bool               # trained now, --val, or no validation summary yet
+    mirror_axes: tuple[int, ...] | None
+    save_probabilities: bool
+    log: Callable[[str], None]
 
 
 def preprocessed_cases(folder: Path) -> list[str]:
@@ -178,7 +198,9 @@ class TrainingLoop:
         barrier(self.dist)
 
     # -- the whole run -------------------------------------------------------------------------------
-    def run(self, continue_training: bool = False, validation_only: bool = False) -> None:
+    def run(self, continue_training: bool = False, validation_only: bool = False) -> TrainedFold:
+        """Train (or resume, or with ``validation_only`` load checkpoint_final); the fold validation that follows
+        belongs to evaluation (``smitunet.api.train`` runs it)."""
         self.setup()
         if validation_only:
             final = self.out / "checkpoint_final.pt"
@@ -188,20 +210,14 @@ class TrainingLoop:
             trained = False
         else:
             trained = self.train(continue_training)
+        t = self.trainer
         summary = self.out / "validation" / "summary.json"
-        if self.dist.is_main and (validation_only or trained or not summary.is_file()):
-            from smitunet.training.validation import validate_fold  # needs preprocessing + inference
-
-            t = self.trainer
-            summary = validate_fold(
-                self.network, t.plans, self.ctx.configuration, self.data_folder, self.val_cases, self.out / "validation",
-                self.device, mirror_axes=None if t.options.disable_tta else t.validation_mirror_axes,
-                save_probabilities=t.options.export_probabilities,
-                about={"fold": self.ctx.fold, "trainer": self.ctx.trainer_name, "epochs": self.epoch})
-            dice = ", ".join(f"{k}: {v['dice']:.4f}" for k, v in summary["mean"].items())
-            self.log(f"fold {self.ctx.fold} validation on {len(summary['metric_per_case'])} cases: mean Dice "
-                     f"{summary['foreground_mean']['dice']:.4f} ({dice}); written to {self.out / 'validation'}")
-        barrier(self.dist)
+        return TrainedFold(
+            network=self.network, plans=t.plans, configuration=self.ctx.configuration, data_folder=self.data_folder,
+            validation_cases=list(self.val_cases), output_dir=self.out, epochs=self.epoch,
+            needs_validation=validation_only or trained or not summary.is_file(),
+            mirror_axes=None if t.options.disable_tta else t.validation_mirror_axes,
+            save_probabilities=t.options.export_probabilities, log=self.log)
 
     def train(self, continue_training: bool) -> bool:
         """Train up to ``num_epochs``; False when there was nothing left to train."""

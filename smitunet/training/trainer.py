@@ -29,7 +29,7 @@ from smitunet.plans import ConfigurationPlan, NetworkConfig, Plans
 from smitunet.training.augmentation import AugmentationParams, no_augmentation_transforms, training_transforms
 from smitunet.training.augmentation import rotation_angles, sampling_patch_size
 from smitunet.training.data import PatchLoader, PreprocessedCases, label_index_map
-from smitunet.training.distributed import DistContext
+from smitunet.utils.distributed import DistContext
 from smitunet.training.losses import DeepSupervisionLoss, DiceCELoss
 from smitunet.training.schedule import WarmupDecaySchedule
 
@@ -93,11 +93,12 @@ class Trainer:
         self.grad_scaler: torch.amp.GradScaler | None = None
         self.loss_scale = 1.0                       # this process's share of the global batch x processes
 
-    def run(self, continue_training: bool = False, validation_only: bool = False) -> None:
-        """Train this fold (or resume it), then validate it; ``validation_only`` validates checkpoint_final."""
+    def run(self, continue_training: bool = False, validation_only: bool = False):
+        """Train this fold (or resume it; ``validation_only`` loads checkpoint_final) and return the
+        ``TrainedFold`` that ``smitunet.api.train`` hands to the fold validation."""
         from smitunet.training.loop import TrainingLoop
 
-        TrainingLoop(self).run(continue_training=continue_training, validation_only=validation_only)
+        return TrainingLoop(self).run(continue_training=continue_training, validation_only=validation_only)
 
     # -- schedule ------------------------------------------------------------------------------------
     @property

@@ -1,0 +1,149 @@
+"""The Python API: one function per command, with typed arguments. The CLIs are thin wrappers around these.
+
+    from smitunet import api
+    api.plan_and_preprocess([4], preset="smit_tiny")
+    summary = api.train(4, "3d_fullres", 0, epochs=10, iters_per_epoch=25)
+    api.predict("imagesTs", "predictions", dataset=4)                 # a folder in, label files out
+    labels = api.predict(image, dataset=4, geometry=geometry)          # an array (C, z, y, x) in, labels out
+    api.evaluate("labelsTs", "predictions")
+
+Errors a user can act on raise ``smitunet.errors.SmitunetError`` (one line naming the file or case); nothing here
+prints or exits. Progress and notes go to the ``smitunet`` logger (``configure_logging()`` shows them as the CLIs
+do).
+
+Stages and orchestration: this module (with the CLIs and the demo) is the only place that calls several stages in
+a row, e.g. training and then the fold validation (prediction and scoring, the evaluation stage).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from smitunet.errors import SmitunetError
+from smitunet.imageio import Geometry
+from smitunet.plans import DEFAULT_PLANS_NAME, Plans
+from smitunet.preprocessing.planner import DEFAULT_GPU_MEMORY_GB, DEFAULT_PRESET
+from smitunet.training.registry import DEFAULT_TRAINER
+from smitunet.utils.log import configure_cli_logging as configure_logging  # noqa: F401  (re-exported)
+from smitunet.utils.log import logger
+
+
+def plan_and_preprocess(datasets: Sequence[str | int], *, plans_name: str = DEFAULT_PLANS_NAME,
+                        preset: str = DEFAULT_PRESET, gpu_memory_target: float = DEFAULT_GPU_MEMORY_GB,
+                        configurations: Sequence[str] | None = None, num_processes: int | None = None,
+                        verify_dataset_integrity: bool = False, preprocess: bool = True,
+                        use_existing_plans: bool = False, clean: bool = False,
+                        spacing: Sequence[float] | None = None, pretrained: str | Path | None = None) -> list[Plans]:
+    """``smitunet_plan_and_preprocess``: integrity check, fingerprint, plans and (unless ``preprocess`` is False)
+    the preprocessed cases of each dataset; returns their plans."""
+    from smitunet.preprocessing.run import PlanOptions, run_dataset, summary
+    from smitunet.utils.parallel import CasePool, available_cores
+
+    num_processes = available_cores() if num_processes is None else int(num_processes)
+    if num_processes < 1:
+        raise SmitunetError(f"-np must be at least 1, got {num_processes}")
+    if use_existing_plans and (spacing or pretrained):
+        raise SmitunetError("--use_existing_plans keeps the plans as they are; it cannot be combined with "
+                            "--spacing or --pretrained")
+    options = PlanOptions(plans_name=plans_name, preset=preset, gpu_memory_target=gpu_memory_target,
+                          configurations=configurations, verify_dataset_integrity=verify_dataset_integrity,
+                          preprocess=preprocess, use_existing_plans=use_existing_plans, clean=clean, spacing=spacing)
+    planned = []
+    with CasePool(num_processes) as pool:  # before planning imports torch: workers stay lean
+        if pretrained is not None:
+            from smitunet.networks.checkpoint_architecture import read_architecture
+
+            options.pretrained = read_architecture(pretrained)
+            logger.warning(f"pretrained network: {options.pretrained.describe()}")
+        for identifier in datasets:
+            plans, counts = run_dataset(str(identifier), options, pool)
+            logger.info(summary(plans, counts))
+            planned.append(plans)
+    return planned
+
+
+def train(dataset: str | int, configuration: str = "3d_fullres", fold: str | int = 0, *,
+          trainer: str = DEFAULT_TRAINER, plans: str = DEFAULT_PLANS_NAME, continue_training: bool = False,
+          validation_only: bool = False, device: str = "auto", epochs: int | None = None,
+          iters_per_epoch: int | None = None, num_workers: int | None = None, seed: int = 0,
+          pretrained: str | Path | None = None, accept_partial_pretrained: bool = False,
+          pretrained_branch: str = "teacher", export_probabilities: bool = False,
+          disable_tta: bool = False) -> dict | None:
+    """``smitunet_train``: train (or resume) one fold, then run its fold validation; returns the validation
+    summary (None on other torchrun ranks, or when a finished run already has one)."""
+    from smitunet.evaluation.fold_validation import validate_fold
+    from smitunet.training.build import build_trainer
+    from smitunet.utils.distributed import barrier, shutdown_distributed
+
+    trainer_obj = build_trainer(dataset, configuration, fold, trainer=trainer, plans=plans, device=device,
+                                epochs=epochs, iters_per_epoch=iters_per_epoch, num_workers=num_workers, seed=seed,
+                                pretrained=pretrained, accept_partial_pretrained=accept_partial_pretrained,
+                                pretrained_branch=pretrained_branch, export_probabilities=export_probabilities,
+                                disable_tta=disable_tta)
+    dist = trainer_obj.ctx.dist
+    try:
+        done = trainer_obj.run(continue_training=continue_training, validation_only=validation_only)
+        summary = None
+        if dist.is_main and done.needs_validation:
+            summary = validate_fold(done.network, done.plans, done.configuration, done.data_folder,
+                                    done.validation_cases, done.output_dir / "validation", trainer_obj.device,
+                                    mirror_axes=done.mirror_axes, save_probabilities=done.save_probabilities,
+                                    about={"fold": trainer_obj.ctx.fold, "trainer": trainer_obj.ctx.trainer_name,
+                                           "epochs": done.epochs})
+            dice = ", ".join(f"{k}: {v['dice']:.4f}" for k, v in summary["mean"].items())
+            done.log(f"fold {trainer_obj.ctx.fold} validation on {len(summary['metric_per_case'])} cases: mean Dice "
+                     f"{summary['foreground_mean']['dice']:.4f} ({dice}); written to {done.output_dir / 'validation'}")
+        barrier(dist)
+        return summary
+    finally:
+        shutdown_distributed(dist)
+
+
+def predict(images: str | Path | np.ndarray, output: str | Path | None = None, *, dataset: str | int | None = None,
+            configurations: Sequence[str] | None = None, trainers: Sequence[str] | None = None,
+            plans: Sequence[str] | None = None, folds: Sequence[str] | None = None, checkpoint: str = "final",
+            disable_ensemble: bool = False, options=None, geometry: Geometry | None = None,
+            settings_extra: dict | None = None):
+    """``smitunet_predict``. ``images`` is a folder (or one file / DICOM series): the label files are written into
+    ``output`` (with ``prediction_settings.json``) and their paths returned. Or ``images`` is an array
+    (C, z, y, x) or (z, y, x) with its ``geometry``: the labels (z, y, x) are returned and nothing is written.
+    ``options`` is a ``PredictionOptions`` (default: mirroring, auto device)."""
+    from smitunet.inference.model_folder import choose_models, postprocessing_for, resolve_folds
+    from smitunet.inference.predictor import PredictionOptions, Predictor
+    from smitunet.utils.files import save_json
+
+    options = options or PredictionOptions()
+    models = choose_models(None if dataset is None else str(dataset), configurations, trainers, plans, checkpoint,
+                           disable_ensemble)
+    chosen = [resolve_folds(m, list(folds) if folds else None, checkpoint) for m in models]
+    predictor = Predictor.from_model_folders([(m.folder, f) for m, f in zip(models, chosen)], checkpoint, options,
+                                             postprocessing_for(models))
+    described = "; ".join(f"{m.identifier} folds {', '.join(f)}" for m, f in zip(models, chosen))
+    logger.warning(f"{'ensemble' if len(models) > 1 else 'model'} {described}, checkpoint_{checkpoint}, "
+                   f"device {predictor.device}, TTA {'on' if options.use_tta else 'off'}")
+    if isinstance(images, np.ndarray):
+        if geometry is None:
+            raise SmitunetError("predicting an array needs its geometry (smitunet.imageio.Geometry)")
+        return predictor.predict_array(images, geometry)
+    if output is None:
+        raise SmitunetError("predicting a folder needs an output folder")
+    written = predictor.predict_folder(images, output)
+    identifiers = [m.identifier for m in models]
+    # The caller's settings first: the resolved folds and models must not be overwritten by the raw ``-f`` (None).
+    save_json({**(settings_extra or {}), "model": identifiers[0] if len(models) == 1 else " + ".join(identifiers),
+               "models": identifiers, "folds": chosen[0] if len(models) == 1 else chosen, "checkpoint": checkpoint,
+               "postprocessing": predictor.postprocessing}, Path(output) / "prediction_settings.json")
+    return written
+
+
+def evaluate(reference_folder: str | Path, prediction_folder: str | Path, *, labels=None,
+             output_file: str | Path | None = None, nsd_tolerance_mm: float = 1.0, num_processes: int = 1,
+             allow_subset: bool = False) -> dict:
+    """``smitunet_evaluate``: Dice, IoU, HD95 and NSD per case and class; writes and returns ``summary.json``."""
+    from smitunet.evaluation.evaluate import evaluate_folders
+
+    return evaluate_folders(reference_folder, prediction_folder, labels, output_file, nsd_tolerance_mm,
+                            num_processes, allow_subset)

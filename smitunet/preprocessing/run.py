@@ -1,0 +1,130 @@
+"""Plan and preprocess one raw dataset: integrity check, fingerprint, plans, preprocessed cases (typed options; the
+CLI and ``smitunet.api.plan_and_preprocess`` call it).
+
+Nothing is written under ``smitunet_preprocessed`` for a dataset until all of its checks have passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+from smitunet.dataset.integrity import check_case_files
+from smitunet.dataset.raw import list_test_cases, load_dataset_json, scan_training_cases
+from smitunet.errors import DatasetIntegrityError
+from smitunet.paths import preprocessed_dir, raw_dir, resolve_dataset_name
+from smitunet.plans import DEFAULT_PLANS_NAME, Plans
+from smitunet.preprocessing.fingerprint import extract_fingerprint, raw_signature
+from smitunet.preprocessing.planner import DEFAULT_GPU_MEMORY_GB, DEFAULT_PRESET, plan_experiment
+from smitunet.preprocessing.store import preprocess_dataset
+from smitunet.utils.files import load_json, save_json
+from smitunet.utils.log import logger
+from smitunet.utils.parallel import CasePool
+
+
+@dataclass
+class PlanOptions:
+    plans_name: str = DEFAULT_PLANS_NAME
+    preset: str = DEFAULT_PRESET
+    gpu_memory_target: float = DEFAULT_GPU_MEMORY_GB
+    configurations: Sequence[str] | None = None   # None: every planned configuration
+    verify_dataset_integrity: bool = False
+    preprocess: bool = True                       # False: plan only (--no_pp)
+    use_existing_plans: bool = False
+    clean: bool = False
+    spacing: Sequence[float] | None = None        # 3d_fullres target spacing override (z, y, x)
+    pretrained: object | None = None              # a PretrainedArchitecture (read_architecture)
+
+
+def _warn(lines: list[str], limit: int = 20) -> None:
+    for line in lines[:limit]:
+        logger.warning(f"warning: {line}")
+    if len(lines) > limit:
+        logger.warning(f"warning: ... and {len(lines) - limit} more")
+
+
+def _check_test_images(dataset_dir: Path, dj: dict, pool: CasePool) -> list[str]:
+    cases, problems = list_test_cases(dataset_dir, dj)
+    allowed = {int(v) for v in dj["labels"].values()}
+    for found, _warnings in pool.imap(partial(_check_one, allowed=allowed), sorted(cases.items()),
+                                     total=len(cases), desc="check imagesTs"):
+        problems += found
+    return problems
+
+
+def _check_one(item, allowed):
+    case, entry = item
+    return check_case_files(case, entry["images"], entry["label"], allowed)
+
+
+def _fingerprint(dataset_dir: Path, out_dir: Path, dj: dict, cases: dict, pool: CasePool,
+                 options: PlanOptions, cache: dict) -> dict:
+    path = out_dir / "dataset_fingerprint.json"
+    if path.is_file() and not (options.clean or options.verify_dataset_integrity):
+        try:
+            old = load_json(path)
+            if old.get("raw_signature") == raw_signature(dataset_dir, cases):
+                return old
+        except ValueError:
+            pass
+    fingerprint, problems, warnings = extract_fingerprint(dataset_dir, dj, cases, pool,
+                                                          cache=cache if options.preprocess else None)
+    _warn(warnings)
+    if problems:
+        raise DatasetIntegrityError(problems)
+    return fingerprint
+
+
+def summary(plans: Plans, counts: dict[str, dict]) -> str:
+    lines = [f"{plans.dataset_name}: plans {plans.plans_name} for preset {plans.planner.get('preset')}"]
+    for name, c in plans.configurations.items():
+        k = c.network.kwargs
+        lines.append(f"  {name}: spacing {c.spacing} median shape {c.median_image_shape} patch {c.patch_size} "
+                     f"batch {c.batch_size} stages {k.get('num_stages')} strides {k.get('strides')} "
+                     f"norm {c.normalization} est. memory {c.estimated_memory_gb} GB")
+        if name in counts:
+            lines.append(f"    cases: {counts[name]['preprocessed']} preprocessed, {counts[name]['skipped']} "
+                         "already done")
+    return "\n".join(lines)
+
+
+def run_dataset(identifier: str, options: PlanOptions, pool: CasePool) -> tuple[Plans, dict[str, dict]]:
+    """Plans (and, unless ``options.preprocess`` is False, the preprocessed cases) of one dataset; returns the plans
+    and per configuration the counts of preprocessed / already done cases."""
+    name = resolve_dataset_name(identifier, search=("raw",))
+    dataset_dir = raw_dir() / name
+    out_dir = preprocessed_dir() / name
+    dj = load_dataset_json(dataset_dir)
+    cases, problems = scan_training_cases(dataset_dir, dj)
+    if options.verify_dataset_integrity:
+        problems += _check_test_images(dataset_dir, dj, pool)
+    if problems:
+        raise DatasetIntegrityError(problems)
+    cache: dict = {}  # small cases read by the fingerprint pass, reused by preprocessing
+    fingerprint = _fingerprint(dataset_dir, out_dir, dj, cases, pool, options, cache)
+    plans_path = out_dir / f"{options.plans_name}.json"
+    if options.use_existing_plans:
+        plans = Plans.load(plans_path)
+    else:
+        plans = plan_experiment(name, dj, fingerprint, preset=options.preset, plans_name=options.plans_name,
+                                gpu_memory_target_gb=options.gpu_memory_target,
+                                target_spacing_override=options.spacing, pretrained=options.pretrained)
+        for note in plans.planner.get("notes", []):
+            logger.warning(f"note: {name}: {note}")
+    # Every check passed: only now does anything get written for this dataset.
+    save_json(dj, out_dir / "dataset.json")
+    save_json(fingerprint, out_dir / "dataset_fingerprint.json")
+    if not options.use_existing_plans:
+        plans.save(plans_path)
+    counts = {}
+    if options.preprocess:
+        for config in options.configurations or list(plans.configurations):
+            if config not in plans.configurations:
+                logger.warning(f"note: {name}: plans have no configuration {config}; skipped")
+                continue
+            target = out_dir / plans.configurations[config].data_identifier
+            counts[config] = preprocess_dataset(cases, plans, config, target, pool, force=options.clean,
+                                                cache=cache)
+    return plans, counts
