@@ -291,7 +291,7 @@ def nnunet_job(args, labelled: int, seed: int, fold: int, budget: dict, plans: s
 def collect_smitunet(job: Job, seconds: float) -> dict:
     summary = json.loads((job.fold_dir / "validation" / "summary.json").read_text())
     metrics = json.loads((job.fold_dir / "metrics.json").read_text())
-    curve = [r["ema_pseudo_dice"] for r in metrics]
+    curve = [_fg_mean({k: {"d": v} for k, v in r.items() if k.startswith("pseudo_dice_")}, "d") for r in metrics]
     iters = int(job.cmd[job.cmd.index("--iters_per_epoch") + 1])
     return {"dice": summary["foreground_mean"]["dice"], "hd95": summary["foreground_mean"]["hd95"],
             "per_case_dice": {c["case"]: _fg_mean(c["metrics"], "dice") for c in summary["metric_per_case"]},
@@ -309,11 +309,7 @@ def collect_nnunet(args, job: Job, seconds: float) -> dict:
     folder = Path(run["output_folder"]) / "validation"
     summary = evaluate_folders(args.work / "raw" / args.name / "labelsTr", folder, allow_subset=True,
                                output_file=folder / "summary_smitunet_metrics.json")
-    curve, ema = [], None
-    for e in run["epochs"]:  # the same EMA of the pseudo-Dice as smitunet's log
-        d = float(sum(e["pseudo_dice"]) / len(e["pseudo_dice"]))
-        ema = d if ema is None else 0.9 * ema + 0.1 * d
-        curve.append(ema)
+    curve = [float(sum(e["pseudo_dice"]) / len(e["pseudo_dice"])) for e in run["epochs"]]
     return {"dice": summary["foreground_mean"]["dice"], "hd95": summary["foreground_mean"]["hd95"],
             "per_case_dice": {c["case"]: _fg_mean(c["metrics"], "dice") for c in summary["metric_per_case"]},
             "curve": curve, "curve_gain": report.curve_gain(curve), "iters_per_epoch": args.iters_per_epoch,
