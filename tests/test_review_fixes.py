@@ -162,3 +162,36 @@ def test_accept_partial_pretrained_and_pretrained_branch_flags(smitunet_dirs, tm
     train_main([*base, "--pretrained", str(both), "-tr", f"{__name__}:Spy"])
     assert torch.equal(Spy.loaded["patch_embed.proj.weight"], teacher["patch_embed.proj.weight"])
     assert load_checkpoint(fold_dir(smitunet_dirs["results"], "Spy") / "checkpoint_final.pt")["epoch"] == 1
+
+
+def test_plugin_architecture_is_rebuilt_by_prediction_from_its_recorded_builder(smitunet_dirs, tmp_path, plugin_path,
+                                                                                capsys):
+    import subprocess
+    import sys
+
+    from smitunet.checkpoint_io import load_checkpoint
+    from smitunet.inference.cli import main as predict_main
+    from smitunet.training.cli import main as train_main
+    from test_predict import _write_case
+    from training_support import REPO_ROOT, cli_env, fold_dir, make_preprocessed_dataset
+
+    make_preprocessed_dataset(smitunet_dirs["preprocessed"])
+    base = ["901", "3d_fullres", "0", "--epochs", "1", "--iters_per_epoch", "1", "--num_workers", "0", "--disable_tta"]
+    with pytest.raises(SystemExit) as exc:
+        train_main([*base, "-tr", "smitunet_example_trainers.trainers:OwnNetworkWithoutBuilderTrainer"])
+    assert exc.value.code == 2 and "set network_builder" in capsys.readouterr().err
+    train_main([*base, "-tr", "smitunet_example_trainers.trainers:TwoConvTrainer"])
+    ckpt = load_checkpoint(fold_dir(smitunet_dirs["results"], "TwoConvTrainer") / "checkpoint_final.pt")
+    assert ckpt["network"]["builder"] == "smitunet_example_trainers.networks:build_two_conv"
+    assert any(k.startswith("body.") for k in ckpt["state_dict"])
+    geo = Geometry((1.0, 1.0, 1.0), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (12, 10, 9))
+    _write_case(tmp_path / "in", "a", geo)
+    predict_main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--disable_tta", "-npp", "0"])
+    assert (tmp_path / "out" / "a.nii.gz").is_file()
+    # Without the plug-in package the builder does not import: one line naming it, and nothing written.
+    env = cli_env()  # no plug-in folder on the path
+    run = subprocess.run([sys.executable, "-m", "smitunet.inference.cli", "-i", str(tmp_path / "in"), "-o",
+                          str(tmp_path / "out2"), "--disable_tta", "-npp", "0"], env=env, capture_output=True,
+                         text=True, cwd=REPO_ROOT, timeout=300)
+    assert run.returncode == 2 and "smitunet_example_trainers.networks:build_two_conv cannot be imported" in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "out2").exists()

@@ -31,7 +31,7 @@ from smitunet.inference.export import (argmax_int16, export_case, label_lookup, 
                                       probability_file)
 from smitunet.inference.inputs import InputCase, find_input_cases
 from smitunet.inference.sliding_window import predict_sliding_window
-from smitunet.networks import create_network
+from smitunet.networks.registry import build_from_config
 from smitunet.plans import Plans
 from smitunet.utils.device import resolve_device
 from smitunet.utils.files import save_npz
@@ -87,7 +87,8 @@ class FoldEnsemble:
         self.config_plan = self.plans.configuration(self.configuration)
         kwargs = dict(self.network_config["kwargs"])
         kwargs["deep_supervision"] = False
-        self.network = create_network(self.network_config["name"], **kwargs).to(device).eval()
+        self.network = build_from_config(self.network_config["name"], kwargs,
+                                         self.network_config.get("builder")).to(device).eval()
         if hasattr(self.network, "deep_supervision"):
             self.network.deep_supervision = False
 

@@ -91,6 +91,40 @@ def create_network(name: str, in_channels: int, num_classes: int, patch_size: Se
     return model
 
 
+DEFAULT_BUILDER = "smitunet.networks:create_network"
+
+
+def build_from_config(name: str, kwargs: dict[str, Any], builder: str | None = None) -> nn.Module:
+    """The network a checkpoint or plans describe: ``create_network(name, **kwargs)``, or for a plug-in
+    architecture its recorded builder (``"package.module:function"``, called the same way)."""
+    if builder is None or builder == DEFAULT_BUILDER:
+        return create_network(name, **kwargs)
+    function = import_builder(builder)
+    network = function(name, **kwargs)
+    if not isinstance(network, nn.Module):
+        raise SmitunetError(f"network builder {builder}: returned {type(network).__name__}, not a torch module")
+    return network
+
+
+def import_builder(builder: str) -> Callable[..., nn.Module]:
+    """Import a ``"package.module:function"`` builder; a missing package is one line naming it."""
+    import importlib
+
+    module_name, _, attr = str(builder).partition(":")
+    if not module_name or not attr:
+        raise SmitunetError(f"network builder {builder!r}: expected 'package.module:function'")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise SmitunetError(f"network builder {builder} cannot be imported ({type(exc).__name__}: {exc}); install "
+                            "the package that defines it to use this model") from None
+    if not callable(obj):
+        raise SmitunetError(f"network builder {builder} is not callable")
+    return obj
+
+
 def _validate(name: str, kw: dict[str, Any]) -> None:
     where = f"network {name}"
     patch, strides, stages = kw["patch_size"], kw["strides"], kw["num_stages"]

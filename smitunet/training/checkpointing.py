@@ -45,10 +45,14 @@ def restore_rng_state(state: dict) -> None:
 
 def build_training_checkpoint(*, network_config, state_dict, optimizer, scheduler, scaler, epoch: int, logs: dict,
                               extra: dict, plans_dict: dict, configuration: str, trainer_name: str,
-                              dataset_json: dict, fold, inference_mirror_axes=(0, 1, 2)) -> dict:
+                              dataset_json: dict, fold, inference_mirror_axes=(0, 1, 2),
+                              network_builder: str | None = None) -> dict:
+    network = {"name": network_config.name, "kwargs": dict(network_config.kwargs)}
+    if network_builder is not None:  # a plug-in architecture: prediction imports it to rebuild the network
+        network["builder"] = network_builder
     return {
         "format": "smitunet", "kind": "training", "version": 1,
-        "network": {"name": network_config.name, "kwargs": dict(network_config.kwargs)},
+        "network": network,
         "state_dict": state_dict,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),

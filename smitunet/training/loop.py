@@ -80,6 +80,10 @@ class TrainingLoop:
         torch.manual_seed(t.options.seed)  # identical initial weights on every rank
         self.network_config = t.network_config()
         self.network = t.network = t.build_network(self.network_config).to(self.device)
+        if t.network_builder is None and getattr(self.network, "network_name", None) is None:
+            raise SmitunetError(f"trainer {self.ctx.trainer_name}: build_network returns its own "
+                                f"{type(self.network).__name__}, which prediction could not rebuild; set network_builder "
+                                "= 'package.module:function' (called as function(name, **kwargs)) instead")
         t.model = self.network
         if self.dist.enabled:
             # mask_token (pretraining only), zero-weighted outputs and frozen parts get no gradient.
@@ -103,7 +107,7 @@ class TrainingLoop:
             extra={"ema_pseudo_dice": self.ema, "best_ema_pseudo_dice": self.best_ema, "seed": t.options.seed},
             plans_dict=t.plans.to_dict(), configuration=self.ctx.configuration, trainer_name=self.ctx.trainer_name,
             dataset_json=self.ctx.dataset_json, fold=self.ctx.fold,
-            inference_mirror_axes=t.validation_mirror_axes)
+            inference_mirror_axes=t.validation_mirror_axes, network_builder=t.network_builder)
 
     def save(self, name: str) -> None:
         if self.dist.is_main:

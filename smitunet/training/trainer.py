@@ -120,10 +120,14 @@ class Trainer:
         kwargs["deep_supervision"] = True
         return NetworkConfig(self.config.network.name, kwargs)
 
-    def build_network(self, cfg: NetworkConfig) -> nn.Module:
-        from smitunet.networks import create_network
+    # A plug-in architecture: "package.module:function", called as function(cfg.name, **cfg.kwargs); recorded in
+    # every checkpoint so that prediction rebuilds the same network (None: the built-in registry).
+    network_builder: str | None = None
 
-        return create_network(cfg.name, **cfg.kwargs)
+    def build_network(self, cfg: NetworkConfig) -> nn.Module:
+        from smitunet.networks.registry import build_from_config
+
+        return build_from_config(cfg.name, cfg.kwargs, self.network_builder)
 
     def load_pretrained(self, network: nn.Module, path: Path):
         """Load pretrained encoder weights through the checkpoint adapter; returns its report."""
@@ -284,9 +288,11 @@ class SMITTrainer(Trainer):
         return self.options.pretrained is not None and self.iteration < self.encoder_warmup_iters
 
     def train_step(self, batch: dict) -> float:
-        frozen = self.encoder_frozen()
-        for p in self.network.encoder.parameters():
-            p.requires_grad_(not frozen)  # frozen: no encoder backward at all, and no update
+        encoder = getattr(self.network, "encoder", None)  # a plug-in architecture may have none
+        if encoder is not None:
+            frozen = self.encoder_frozen()
+            for p in encoder.parameters():
+                p.requires_grad_(not frozen)  # frozen: no encoder backward at all, and no update
         return super().train_step(batch)
 
 

@@ -69,3 +69,19 @@ class SkipNonFiniteTrainer(SMITTrainer):
         else:
             self.lr_schedule.step()  # the schedule still counts the iteration (exact resume)
         return float(loss.detach())
+
+
+class TwoConvTrainer(SMITTrainer):
+    """Trains a plug-in architecture; its builder is recorded in the checkpoints so that prediction rebuilds it."""
+
+    network_builder = "smitunet_example_trainers.networks:build_two_conv"
+    validation_mirror_axes = None
+
+
+class OwnNetworkWithoutBuilderTrainer(SMITTrainer):
+    """Returns its own network from build_network without a builder: refused, prediction could not rebuild it."""
+
+    def build_network(self, cfg):
+        from smitunet_example_trainers.networks import TwoConvNet
+
+        return TwoConvNet(cfg.kwargs["in_channels"], cfg.kwargs["num_classes"])
