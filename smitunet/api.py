@@ -36,7 +36,8 @@ def plan_and_preprocess(datasets: Sequence[str | int], *, plans_name: str = DEFA
                         configurations: Sequence[str] | None = None, num_processes: int | None = None,
                         verify_dataset_integrity: bool = False, preprocess: bool = True,
                         use_existing_plans: bool = False, clean: bool = False,
-                        spacing: Sequence[float] | None = None, pretrained: str | Path | None = None) -> list[Plans]:
+                        spacing: Sequence[float] | None = None, pretrained: str | Path | None = None,
+                        monai_merge_order: str | None = None) -> list[Plans]:
     """``smitunet_plan_and_preprocess``: integrity check, fingerprint, plans and (unless ``preprocess`` is False)
     the preprocessed cases of each dataset; returns their plans."""
     from smitunet.preprocessing.run import PlanOptions, run_dataset, summary
@@ -56,7 +57,7 @@ def plan_and_preprocess(datasets: Sequence[str | int], *, plans_name: str = DEFA
         if pretrained is not None:
             from smitunet.networks.checkpoint_architecture import read_architecture
 
-            options.pretrained = read_architecture(pretrained)
+            options.pretrained = read_architecture(pretrained, monai_merge=monai_merge_order)
             logger.warning(f"pretrained network: {options.pretrained.describe()}")
         for identifier in datasets:
             plans, counts = run_dataset(str(identifier), options, pool)
@@ -70,8 +71,8 @@ def train(dataset: str | int, configuration: str = "3d_fullres", fold: str | int
           validation_only: bool = False, device: str = "auto", epochs: int | None = None,
           iters_per_epoch: int | None = None, num_workers: int | None = None, seed: int = 0,
           pretrained: str | Path | None = None, accept_partial_pretrained: bool = False,
-          pretrained_branch: str = "teacher", export_probabilities: bool = False,
-          disable_tta: bool = False) -> dict | None:
+          pretrained_branch: str = "teacher", monai_merge_order: str | None = None,
+          export_probabilities: bool = False, disable_tta: bool = False) -> dict | None:
     """``smitunet_train``: train (or resume) one fold, then run its fold validation; returns the validation
     summary (None on other torchrun ranks, or when a finished run already has one)."""
     from smitunet.evaluation.fold_validation import validate_fold
@@ -81,7 +82,8 @@ def train(dataset: str | int, configuration: str = "3d_fullres", fold: str | int
     trainer_obj = build_trainer(dataset, configuration, fold, trainer=trainer, plans=plans, device=device,
                                 epochs=epochs, iters_per_epoch=iters_per_epoch, num_workers=num_workers, seed=seed,
                                 pretrained=pretrained, accept_partial_pretrained=accept_partial_pretrained,
-                                pretrained_branch=pretrained_branch, export_probabilities=export_probabilities,
+                                pretrained_branch=pretrained_branch, monai_merge_order=monai_merge_order,
+                                export_probabilities=export_probabilities,
                                 disable_tta=disable_tta)
     dist = trainer_obj.ctx.dist
     try:

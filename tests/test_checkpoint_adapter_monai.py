@@ -53,8 +53,10 @@ def test_monai_swin_encoder_equivalence(layout):
         sd["module.rotation_head.weight"] = torch.zeros(4, 768)
         checkpoint = {"state_dict": sd}
     ours = create_network("swinunetr_ssl", 1, 2, [64, 64, 64], **CONFIG).eval()
-    report = load_pretrained(ours, checkpoint)
-    assert report.layout == "monai-swinunetr"
+    # This MONAI model merges in MONAI's current order; a bare-encoder file is taken as the legacy self-supervised
+    # release unless told otherwise.
+    report = load_pretrained(ours, checkpoint, monai_merge="merging")
+    assert report.layout == "monai-swinunetr" and report.merge_order == "smit"
     assert sorted(report.missing) == sorted(f"norm{i}.{p}" for i in range(4) for p in ("weight", "bias"))
     assert any("never loaded" in r or "dropped" in r for _, r in report.skipped)
 
@@ -92,3 +94,50 @@ def test_monai_merge_order_matters():
         ours.encoder.load_state_dict(sd)
         bad = ours.encoder.forward_intermediates(x)["merged"][0]
     assert (good - bad).abs().max().item() > 1e-3
+
+
+class _LegacyMerging(monai_swin.PatchMerging):
+    """MONAI's PatchMerging as of v0.9 (the SwinUNETR self-supervised release): slices 6 and 7 repeat 3 and 4."""
+
+    def forward(self, x):
+        x0 = x[:, 0::2, 0::2, 0::2, :]
+        x1 = x[:, 1::2, 0::2, 0::2, :]
+        x2 = x[:, 0::2, 1::2, 0::2, :]
+        x3 = x[:, 0::2, 0::2, 1::2, :]
+        x4 = x[:, 1::2, 0::2, 1::2, :]
+        x5 = x[:, 0::2, 1::2, 0::2, :]
+        x6 = x[:, 0::2, 0::2, 1::2, :]
+        x7 = x[:, 1::2, 1::2, 1::2, :]
+        return self.reduction(self.norm(torch.cat([x0, x1, x2, x3, x4, x5, x6, x7], -1)))
+
+
+def test_legacy_monai_ssl_file_loads_with_the_order_it_was_trained_with(tmp_path):
+    """model_swinvit.pt was made with the legacy merging: a network planned from the file reproduces MONAI's features
+    (legacy gather), while SMIT's gather with any reorder cannot, and loading it there is refused."""
+    from smitunet.errors import SmitunetError
+    from smitunet.networks.checkpoint_architecture import read_architecture
+
+    monai_model = _monai_encoder(seed=2)
+    for layer in (monai_model.layers1, monai_model.layers2, monai_model.layers3, monai_model.layers4):
+        layer[0].downsample.__class__ = _LegacyMerging
+    checkpoint = {"state_dict": {f"module.{k}".replace(".linear1.", ".fc1.").replace(".linear2.", ".fc2."): v
+                                 for k, v in monai_model.state_dict().items()}}
+    arch = read_architecture(checkpoint)
+    assert arch.merge_order == "monai_legacy" and arch.network_kwargs()["merge_order"] == "monai_legacy"
+    ours = create_network("swinunetr_ssl", 1, 2, [64, 64, 64], merge_order="monai_legacy", **CONFIG).eval()
+    assert load_pretrained(ours, checkpoint).merge_order == "monai_legacy"
+    x = torch.randn(1, 1, 64, 64, 64)
+    with torch.no_grad():
+        expected = monai_model(x, normalize=True)
+        inter = ours.encoder.forward_intermediates(x)
+        got = [_ln(inter["embed"])] + [_ln(m) for m in inter["merged"]]
+    for e, g in zip(expected, got):
+        assert (e - g).abs().max().item() <= 1e-4
+    smit_order = create_network("swinunetr_ssl", 1, 2, [64, 64, 64], **CONFIG)
+    with pytest.raises(SmitunetError, match="legacy patch merging"):
+        load_pretrained(smit_order, checkpoint)
+    # Read as MONAI's current order instead (the previous default), stage features differ from MONAI's.
+    load_pretrained(smit_order, checkpoint, monai_merge="merging")
+    with torch.no_grad():
+        wrong = _ln(smit_order.eval().encoder.forward_intermediates(x)["merged"][0])
+    assert (wrong - expected[1]).abs().max().item() > 1e-2

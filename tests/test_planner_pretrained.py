@@ -100,6 +100,7 @@ def test_plans_from_monai_checkpoint_take_its_heads_and_window():
     kw = c.network.kwargs
     assert plans.planner["preset"] == "swinunetr_ssl"
     assert (kw["num_heads"], kw["window_size"], kw["qkv_bias"], kw["patch_norm"]) == ([3, 6, 12, 24], 7, True, False)
+    assert kw["merge_order"] == "monai_legacy"  # a bare MONAI encoder file: the self-supervised release's merging
     net = create_network(c.network.name, **c.network.kwargs)
     report = load_pretrained(net, _monai_swinvit_state())
     # MONAI's stage norms have no parameters: only norm{i} stays at its identity initialisation.

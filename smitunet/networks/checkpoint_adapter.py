@@ -35,6 +35,7 @@ class AdaptReport:
     source: str
     wrapping: str = ""
     layout: str = ""
+    merge_order: str = ""                                      # patch-merging gather the weights were trained with
     loaded: list[str] = field(default_factory=list)
     adapted: list[list[str]] = field(default_factory=list)     # [encoder key, how]
     skipped: list[list[str]] = field(default_factory=list)     # [source key, reason]
@@ -77,14 +78,26 @@ def find_encoder(model: nn.Module) -> tuple[SmitSwinEncoder, str]:
 
 
 def adapt_checkpoint(state_dict_or_file: Mapping | str | Path, model: nn.Module, prefer: str = "teacher",
-                     accept_partial: bool = False, load_mask_token: bool = False, monai_merge: str = "merging",
+                     accept_partial: bool = False, load_mask_token: bool = False, monai_merge: str | None = None,
                      min_fraction: float = MIN_FRACTION) -> tuple[dict[str, torch.Tensor], AdaptReport]:
     source = str(state_dict_or_file) if isinstance(state_dict_or_file, (str, Path)) else "<state_dict>"
     obj = load_checkpoint(state_dict_or_file) if isinstance(state_dict_or_file, (str, Path)) else state_dict_or_file
     encoder, prefix = find_encoder(model)
     tensors, wrapping = layouts.unwrap(obj, source, prefer)
+    if layouts.is_monai_layout(tensors) and monai_merge is None:
+        monai_merge = layouts.monai_merge_order(tensors)
     normalized, layout = layouts.normalize(tensors, monai_merge)
-    report = AdaptReport(source=source, wrapping=wrapping, layout=layout)
+    source_order = "monai_legacy" if monai_merge == "legacy" else "smit"   # after any reorder
+    target_order = _merge_order(encoder)
+    if source_order != target_order:
+        if source_order == "monai_legacy":
+            raise SmitunetError(f"{source}: MONAI self-supervised weights trained with MONAI's legacy patch merging; "
+                                "plan the network from this file (smitunet_plan_and_preprocess --pretrained, which sets "
+                                "merge_order monai_legacy), or pass --monai_merge_order merging if it was trained with "
+                                "MONAI >= 1.0")
+        raise SmitunetError(f"{source}: this network uses MONAI's legacy patch merging; its weights are in another "
+                            "order (a SMIT or MONAI >= 1.0 file): plan the network from this checkpoint instead")
+    report = AdaptReport(source=source, wrapping=wrapping, layout=layout, merge_order=source_order)
     targets = encoder.state_dict()
     needed = [k for k in targets if k != "mask_token" or load_mask_token]
     report.encoder_tensors = len(needed)
@@ -115,6 +128,13 @@ def adapt_checkpoint(state_dict_or_file: Mapping | str | Path, model: nn.Module,
                             f"missing e.g. {', '.join(report.missing[:3])}; pass --accept_partial_pretrained "
                             "(accept_partial=True) to load anyway")
     return out, report
+
+
+def _merge_order(encoder: SmitSwinEncoder) -> str:
+    from smitunet.networks.swin_blocks import MERGE_ORDERS
+
+    order = encoder.layers[0].downsample.order if len(encoder.layers) else MERGE_ORDERS["smit"]
+    return next(name for name, value in MERGE_ORDERS.items() if value == order)
 
 
 def load_pretrained(model: nn.Module, path: str | Path | Mapping, **options) -> AdaptReport:

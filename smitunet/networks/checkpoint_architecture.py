@@ -25,7 +25,8 @@ from smitunet.errors import SmitunetError
 from smitunet.networks import checkpoint_layouts as layouts
 
 _BLOCK = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.")
-ARCHITECTURE_KEYS = ("embed_dim", "depths", "num_heads", "window_size", "qkv_bias", "patch_norm", "mlp_ratio")
+ARCHITECTURE_KEYS = ("embed_dim", "depths", "num_heads", "window_size", "qkv_bias", "patch_norm", "mlp_ratio",
+                     "merge_order")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class PretrainedArchitecture:
     qkv_bias: bool
     patch_norm: bool
     mlp_ratio: float
+    merge_order: str = "smit"         # "monai_legacy": MONAI's v0.9 patch merging (the self-supervised release)
     meta: dict[str, Any] = field(default_factory=dict)  # smitunet pretraining: spacing, normalization, patch, ...
 
     @property
@@ -48,8 +50,10 @@ class PretrainedArchitecture:
         return len(self.depths)
 
     def network_kwargs(self) -> dict[str, Any]:
-        """The architecture settings of a Swin preset that this checkpoint fixes."""
-        return {k: (list(v) if isinstance(v, list) else v) for k, v in asdict(self).items() if k in ARCHITECTURE_KEYS}
+        """The architecture settings of a Swin preset that this checkpoint fixes (``merge_order`` only when it is not
+        SMIT's, so plans of ordinary checkpoints keep the preset's keys)."""
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in asdict(self).items()
+                if k in ARCHITECTURE_KEYS and not (k == "merge_order" and v == "smit")}
 
     def describe(self) -> str:
         return (f"{self.source} ({self.kind}, {self.layout} layout): embed dim {self.embed_dim}, depths {self.depths}, "
@@ -62,12 +66,15 @@ def _kind(obj: Any) -> str:
     return "official"
 
 
-def read_architecture(checkpoint: str | Path | Mapping, prefer: str = "teacher") -> PretrainedArchitecture:
+def read_architecture(checkpoint: str | Path | Mapping, prefer: str = "teacher",
+                      monai_merge: str | None = None) -> PretrainedArchitecture:
     """The Swin architecture a checkpoint holds (raises ``SmitunetError`` naming the file when it has none)."""
     source = str(checkpoint) if isinstance(checkpoint, (str, Path)) else "<state_dict>"
     obj = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
     tensors, _ = layouts.unwrap(obj, source, prefer)
-    normalized, layout = layouts.normalize(tensors)
+    if layouts.is_monai_layout(tensors) and monai_merge is None:
+        monai_merge = layouts.monai_merge_order(tensors)
+    normalized, layout = layouts.normalize(tensors, monai_merge)
     if "patch_embed.proj.weight" not in normalized:
         raise SmitunetError(f"{source}: no patch_embed.proj.weight: not a Swin encoder checkpoint")
     embed = normalized["patch_embed.proj.weight"]
@@ -104,4 +111,5 @@ def read_architecture(checkpoint: str | Path | Mapping, prefer: str = "teacher")
         depths=[len(blocks[i]) for i in stages], num_heads=heads, window_size=windows.pop(),
         qkv_bias="layers.0.blocks.0.attn.qkv.bias" in normalized,
         patch_norm="patch_embed.norm.weight" in normalized,
-        mlp_ratio=float(fc1.shape[0] / embed.shape[0]) if fc1 is not None else 4.0, meta=meta)
+        mlp_ratio=float(fc1.shape[0] / embed.shape[0]) if fc1 is not None else 4.0,
+        merge_order="monai_legacy" if monai_merge == "legacy" else "smit", meta=meta)

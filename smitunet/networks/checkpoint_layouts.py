@@ -5,8 +5,13 @@ Accepted (all read through ``smitunet.checkpoint_io.load_checkpoint``, weights o
   (teacher preferred when both, selectable), with ``module.``, ``backbone.``, ``module.backbone.``,
   ``transformer.`` (official fine-tuning network) prefixes;
 - MONAI SwinUNETR: ``model_swinvit.pt`` (``module.layers1.0.blocks...``, ``mlp.fc1/fc2``) and full SwinUNETR
-  state_dicts (``swinViT.layers1.0...``, ``mlp.linear1/2``); their patch-merging sub-voxel order is reordered
-  to SMIT's;
+  state_dicts (``swinViT.layers1.0...``, ``mlp.linear1/2``). Their patch merging: the published self-supervised
+  ``model_swinvit.pt`` was trained with MONAI's legacy gather (v0.9: two sub-voxels repeated, see
+  ``swin_blocks.MONAI_LEGACY_MERGE_ORDER``), which only a network built with ``merge_order="monai_legacy"``
+  reproduces, so such files are loaded as they are into such a network; SwinUNETR models of MONAI >= 1.0
+  ("merging", "mergingv2") are permutations of SMIT's order and are reordered to it. ``monai_merge_order``
+  tells which a file is (legacy for a bare ``layers1`` encoder file, "merging" for a ``swinViT.`` model), and
+  callers can say otherwise;
 - smitunet training checkpoints (``{"format": "smitunet", "kind": "training", "state_dict"}``, encoder under
   ``encoder.``) and smitunet pretraining output (``{"kind": "pretraining", "encoder": {...}}``).
 """
@@ -81,16 +86,32 @@ def is_monai_layout(keys) -> bool:
     return any(_MONAI_LAYER.match(strip_prefixes(k)) for k in keys)
 
 
-def normalize(tensors: dict[str, torch.Tensor], monai_merge: str = "merging") -> tuple[dict[str, torch.Tensor], str]:
-    """Map keys to SMIT encoder names; returns (tensors by normalized key, detected layout name)."""
+MONAI_MERGE_CHOICES = ("legacy", *_MONAI_MERGE_ORDERS)
+
+
+def monai_merge_order(keys) -> str:
+    """The patch-merging gather a MONAI file was most likely trained with: the bare encoder of the self-supervised
+    release (``module.layers1...`` / ``layers1...``) used the legacy one; a ``swinViT.`` SwinUNETR model, MONAI's
+    current default ("merging")."""
+    return "merging" if any(k.startswith(("swinViT.", "swin_vit.")) or ".swinViT." in k for k in keys) else "legacy"
+
+
+def normalize(tensors: dict[str, torch.Tensor], monai_merge: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """Map keys to SMIT encoder names; returns (tensors by normalized key, detected layout name). A MONAI file's
+    merge weights are reordered to SMIT's gather unless ``monai_merge`` (default: ``monai_merge_order``) is
+    "legacy", which no reorder can express (they stay as they are)."""
     monai = is_monai_layout(tensors)
+    if monai and monai_merge is None:
+        monai_merge = monai_merge_order(tensors)
+    if monai and monai_merge not in MONAI_MERGE_CHOICES:
+        raise SmitunetError(f"MONAI merge order must be one of {', '.join(MONAI_MERGE_CHOICES)}, got {monai_merge!r}")
     out = {}
     for key, value in tensors.items():
         k = strip_prefixes(key)
         if monai:
             k = _MONAI_LAYER.sub(lambda m: f"layers.{int(m.group(1)) - 1}.", k)
             k = k.replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
-            if ".downsample." in k:
+            if ".downsample." in k and monai_merge != "legacy":
                 value = reorder_merge(value, k, _MONAI_MERGE_ORDERS[monai_merge])
         if k in out:
             raise SmitunetError(f"ambiguous checkpoint: two tensors map to {k} (e.g. {key})")

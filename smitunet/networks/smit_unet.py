@@ -24,14 +24,15 @@ class SmitUNet(nn.Module):
                  depths: Sequence[int], num_heads: Sequence[int], window_size: int | Sequence[int],
                  qkv_bias: bool, num_stages: int, strides: Sequence[Sequence[int]], feature_size: int,
                  norm: str = "instance", deep_supervision: bool = False, patch_norm: bool = True,
-                 mlp_ratio: float = 4.0, drop_path_rate: float = 0.0):
+                 mlp_ratio: float = 4.0, drop_path_rate: float = 0.0, merge_order: str = "smit"):
         super().__init__()
         self.patch_size = [int(p) for p in patch_size]
         self.strides = [[int(s) for s in st] for st in strides]
         self.num_stages = num_stages
         self.deep_supervision = deep_supervision
         self.encoder = SmitSwinEncoder(in_channels, embed_dim, depths, num_heads, window_size, qkv_bias,
-                                       num_stages, self.strides, patch_norm, mlp_ratio, drop_path_rate)
+                                       num_stages, self.strides, patch_norm, mlp_ratio, drop_path_rate,
+                                       merge_order)
         widths = [feature_size] + [feature_size * 2 ** k for k in range(num_stages + 1)]
         enc_channels = self.encoder.channels
         self.input_block = ResBlock(in_channels, widths[0], norm)

@@ -20,6 +20,11 @@ from torch import nn
 
 # SMIT's PatchMerging concatenates the 8 sub-voxels in this order (offsets along D, H, W).
 SMIT_MERGE_ORDER = ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (0, 1, 1), (1, 0, 1), (1, 1, 1))
+# MONAI's PatchMerging up to v0.9 (the SwinUNETR self-supervised release, model_swinvit.pt, was trained with it): the
+# 6th and 7th slices repeat the 3rd and 4th, so sub-voxels 110 and 011 are never seen. Weights trained this way
+# only reproduce their features with the same gather; no permutation of SMIT's order is equivalent.
+MONAI_LEGACY_MERGE_ORDER = ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0), (0, 0, 1), (1, 1, 1))
+MERGE_ORDERS = {"smit": SMIT_MERGE_ORDER, "monai_legacy": MONAI_LEGACY_MERGE_ORDER}
 
 
 @functools.lru_cache(maxsize=64)
@@ -200,9 +205,10 @@ class PatchMerging(nn.Module):
     (it equals summing the two weight blocks) so official weights load for any per-axis plan.
     """
 
-    def __init__(self, dim: int, stride: Sequence[int]):
+    def __init__(self, dim: int, stride: Sequence[int], order: str = "smit"):
         super().__init__()
         self.stride = tuple(int(s) for s in stride)
+        self.order = MERGE_ORDERS[order]
         self.norm = nn.LayerNorm(8 * dim)
         self.reduction = nn.Linear(8 * dim, 2 * dim, bias=False)
 
@@ -212,7 +218,7 @@ class PatchMerging(nn.Module):
         if any(pads):
             x = F.pad(x, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
         sd, sh, sw = self.stride
-        parts = [x[:, od * (sd - 1)::sd, oh * (sh - 1)::sh, ow * (sw - 1)::sw] for od, oh, ow in SMIT_MERGE_ORDER]
+        parts = [x[:, od * (sd - 1)::sd, oh * (sh - 1)::sh, ow * (sw - 1)::sw] for od, oh, ow in self.order]
         return self.reduction(self.norm(torch.cat(parts, dim=-1)))
 
 
@@ -220,13 +226,14 @@ class SwinLayer(nn.Module):
     """One Swin stage: ``depth`` blocks alternating regular/shifted windows, then a PatchMerging."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, window: Sequence[int], qkv_bias: bool,
-                 merge_stride: Sequence[int], mlp_ratio: float = 4.0, drop_paths: Sequence[float] = ()):
+                 merge_stride: Sequence[int], mlp_ratio: float = 4.0, drop_paths: Sequence[float] = (),
+                 merge_order: str = "smit"):
         super().__init__()
         self.window = tuple(window)
         rates = list(drop_paths) or [0.0] * depth
         self.blocks = nn.ModuleList(SwinBlock(dim, num_heads, window, shifted=j % 2 == 1, qkv_bias=qkv_bias,
                                               mlp_ratio=mlp_ratio, drop_path=rates[j]) for j in range(depth))
-        self.downsample = PatchMerging(dim, merge_stride)
+        self.downsample = PatchMerging(dim, merge_stride, merge_order)
 
     def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[1:4]

@@ -35,7 +35,7 @@ class SmitSwinEncoder(nn.Module):
     def __init__(self, in_channels: int, embed_dim: int, depths: Sequence[int], num_heads: Sequence[int],
                  window_size: int | Sequence[int], qkv_bias: bool, num_stages: int,
                  strides: Sequence[Sequence[int]], patch_norm: bool = True, mlp_ratio: float = 4.0,
-                 drop_path_rate: float = 0.0):
+                 drop_path_rate: float = 0.0, merge_order: str = "smit"):
         super().__init__()
         window = (window_size,) * 3 if isinstance(window_size, int) else tuple(window_size)
         self.num_stages = num_stages
@@ -50,7 +50,7 @@ class SmitSwinEncoder(nn.Module):
             start = sum(depths[:i])
             self.layers.append(SwinLayer(self.channels[i], depths[i], num_heads[i], window, qkv_bias,
                                          merge_stride=strides[i + 1], mlp_ratio=mlp_ratio,
-                                         drop_paths=rates[start:start + depths[i]]))
+                                         drop_paths=rates[start:start + depths[i]], merge_order=merge_order))
         for i in range(num_stages):
             self.add_module(f"norm{i}", nn.LayerNorm(self.channels[i]))
         self.apply(_init_weights)

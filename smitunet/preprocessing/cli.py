@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plan the network a pretrained checkpoint fits: embed dim, depths, heads and window from "
                         "it (official SMIT, MONAI SwinUNETR or smitunet_pretrain output, which also sets spacing, "
                         "normalisation and patch), keeping every Swin stage it holds where the data allows")
+    p.add_argument("--monai_merge_order", choices=("legacy", "merging", "mergingv2"), default=None,
+                   help="with --pretrained: the patch-merging order a MONAI checkpoint was trained with (default: "
+                        "legacy for the self-supervised model_swinvit.pt, merging for a SwinUNETR model)")
     p.add_argument("-c", nargs="+", default=None, metavar="CONFIG",
                    help="configurations to preprocess (default: all planned, 3d_fullres [+ 3d_lowres])")
     p.add_argument("-np", type=int, default=None, help="worker processes (default: available cores)")
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
                             gpu_memory_target=args.gpu_memory_target, configurations=args.c, num_processes=args.np,
                             verify_dataset_integrity=args.verify_dataset_integrity, preprocess=not args.no_pp,
                             use_existing_plans=args.use_existing_plans, clean=args.clean, spacing=args.spacing,
-                            pretrained=args.pretrained)
+                            pretrained=args.pretrained, monai_merge_order=args.monai_merge_order)
 
 
 if __name__ == "__main__":

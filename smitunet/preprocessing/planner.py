@@ -251,7 +251,8 @@ def pretrained_preset(requested: str, architecture) -> tuple[str, dict[str, Any]
 
     def matches(name: str) -> bool:
         p = PRESETS[name]
-        return is_swin(name) and all((p[k][:n] if k in ("depths", "num_heads") else p.get(k)) == own[k] for k in own)
+        return is_swin(name) and all((p[k][:n] if k in ("depths", "num_heads") else p.get(k)) == own[k]
+                                     for k in own if k != "merge_order")
 
     name = requested if matches(requested) else next((p for p in PRESETS if matches(p)), requested)
     if not is_swin(name):

@@ -32,8 +32,8 @@ def build_trainer(dataset: str | int, configuration: str, fold: str | int, *, tr
                   plans: str = DEFAULT_PLANS_NAME, device: str = "auto", epochs: int | None = None,
                   iters_per_epoch: int | None = None, num_workers: int | None = None, seed: int = 0,
                   pretrained: str | Path | None = None, accept_partial_pretrained: bool = False,
-                  pretrained_branch: str = "teacher", export_probabilities: bool = False,
-                  disable_tta: bool = False) -> Trainer:
+                  pretrained_branch: str = "teacher", monai_merge_order: str | None = None,
+                  export_probabilities: bool = False, disable_tta: bool = False) -> Trainer:
     """The trainer (class resolved by name, plans loaded and checked, distributed set up) of one fold."""
     fold = parse_fold(fold)
     _positive("--epochs", epochs)
@@ -56,7 +56,8 @@ def build_trainer(dataset: str | int, configuration: str, fold: str | int, *, tr
     workers = num_workers if num_workers is not None else default_num_workers(torch_device.type, dist_ctx.world_size)
     options = TrainingOptions(epochs=epochs, iters_per_epoch=iters_per_epoch, num_workers=workers, seed=seed,
                               pretrained=pretrained, accept_partial_pretrained=accept_partial_pretrained,
-                              pretrained_branch=pretrained_branch, export_probabilities=export_probabilities,
+                              pretrained_branch=pretrained_branch, monai_merge_order=monai_merge_order,
+                              export_probabilities=export_probabilities,
                               disable_tta=disable_tta)
     folder = training_output_dir(dataset_name, trainer_name_for_folder(trainer), plans, configuration) / f"fold_{fold}"
     ctx = TrainingContext(plans=plans_obj, configuration=configuration, fold=fold,

@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "lists what stays at initialisation)")
     p.add_argument("--pretrained_branch", choices=("teacher", "student"), default="teacher",
                    help="encoder taken from a checkpoint that holds both (default %(default)s)")
+    p.add_argument("--monai_merge_order", choices=("legacy", "merging", "mergingv2"), default=None,
+                   help="patch-merging order a MONAI checkpoint was trained with (default: legacy for the "
+                        "self-supervised model_swinvit.pt, merging for a SwinUNETR model)")
     p.add_argument("--c", dest="continue_training", action="store_true",
                    help="continue from the latest checkpoint (also extends a finished run when --epochs is larger)")
     p.add_argument("--val", dest="validation_only", action="store_true",
@@ -46,7 +49,8 @@ def trainer_settings(args) -> dict:
     return dict(trainer=args.trainer, plans=args.plans, device=args.device, epochs=args.epochs,
                 iters_per_epoch=args.iters_per_epoch, num_workers=args.num_workers, seed=args.seed,
                 pretrained=args.pretrained, accept_partial_pretrained=args.accept_partial_pretrained,
-                pretrained_branch=args.pretrained_branch, export_probabilities=args.npz, disable_tta=args.disable_tta)
+                pretrained_branch=args.pretrained_branch, monai_merge_order=args.monai_merge_order,
+                export_probabilities=args.npz, disable_tta=args.disable_tta)
 
 
 def make_trainer(args):

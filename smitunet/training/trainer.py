@@ -43,6 +43,7 @@ class TrainingOptions:
     pretrained: Path | None = None
     accept_partial_pretrained: bool = False   # load even when < 90 % of the encoder's tensors match
     pretrained_branch: str = "teacher"        # which encoder of a student/teacher checkpoint
+    monai_merge_order: str | None = None      # a MONAI file's patch-merging order (None: detected)
     export_probabilities: bool = False    # --npz: also save softmax probabilities during fold validation
     disable_tta: bool = False             # --disable_tta: fold validation without test-time mirroring
 
@@ -134,7 +135,8 @@ class Trainer:
         from smitunet.networks.checkpoint_adapter import load_pretrained
 
         return load_pretrained(network, path, prefer=self.options.pretrained_branch,
-                               accept_partial=self.options.accept_partial_pretrained)
+                               accept_partial=self.options.accept_partial_pretrained,
+                               monai_merge=self.options.monai_merge_order)
 
     # -- optimisation --------------------------------------------------------------------------------
     def build_loss(self) -> nn.Module:
