@@ -79,7 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--labelled", type=int, nargs="+", default=[8])
     p.add_argument("--num_eval", type=int, default=20)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--rows", nargs="+", default=["scratch", "smit", "nnunet"], choices=ROWS)
+    p.add_argument("--rows", nargs="+", default=["scratch", "smit", "nnunet"], metavar="ROW[:SEEDS]",
+                   help=f"rows in the order their runs are started, each optionally with its own comma-separated "
+                        f"seeds (e.g. probe_random:0); rows: {', '.join(ROWS)}")
     p.add_argument("--split_seed", type=int, default=0, help="case order when the dataset has no case_order.txt")
     p.add_argument("--pretrain_on_all", action="store_true", help="also pretrain on the evaluation cases' images")
     p.add_argument("--preset", default="smit_small")
@@ -93,6 +95,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--recalibrate", action="store_true", help="measure the budget again (finished runs are kept)")
     p.add_argument("--report_only", action="store_true")
     args = p.parse_args(argv)
+    args.row_seeds = {}
+    for entry in args.rows:
+        row, _, seeds = entry.partition(":")
+        if row not in ROWS:
+            p.error(f"--rows: unknown row {row!r}; choose from {', '.join(ROWS)}")
+        args.row_seeds[row] = [int(s) for s in seeds.split(",")] if seeds else None
+    args.rows = list(args.row_seeds)
     for key, value in PROTOCOLS[args.protocol].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -288,6 +297,16 @@ def nnunet_job(args, labelled: int, seed: int, fold: int, budget: dict, plans: s
     return job
 
 
+def finished_on_disk(job: Job, budget: dict) -> bool:
+    """A run whose training and validation ended before this invocation recorded it (killed harness, or a run
+    started by hand with the same command): it is collected instead of trained again."""
+    if hasattr(job, "result_json"):
+        return job.result_json.is_file()
+    metrics = job.fold_dir / "metrics.json"
+    return ((job.fold_dir / "validation" / "summary.json").is_file() and metrics.is_file()
+            and len(json.loads(metrics.read_text())) >= budget["smitunet_epochs"])
+
+
 def collect_smitunet(job: Job, seconds: float) -> dict:
     summary = json.loads((job.fold_dir / "validation" / "summary.json").read_text())
     metrics = json.loads((job.fold_dir / "metrics.json").read_text())
@@ -388,19 +407,6 @@ def main(argv=None) -> None:
     results["machine"] = results.get("machine") or machine_description()
     report.save_results(results, results_path)
 
-    pretrain_images = data.link_images(raw, order if args.pretrain_on_all else order[:pool], args.work / "pretrain_images")
-    methods = sorted({SMITUNET_ROWS[r][0] for r in args.rows if r != "nnunet"} - {None})
-    jobs = [j for j in (pretrain_job(args, m, pretrain_images) for m in methods) if j is not None]
-    for row in args.rows:
-        for labelled in ([pool] if row == "upper" else args.labelled):
-            for seed in args.seeds:
-                if report.run_key(row, labelled, seed) in results["runs"]:
-                    continue
-                if row == "nnunet":
-                    jobs.append(nnunet_job(args, labelled, seed, folds[labelled], budget, nnunet_plans))
-                else:
-                    jobs.append(smitunet_job(args, row, labelled, seed, folds[labelled], budget))
-
     def record(job: Job, seconds: float) -> None:
         if job.name.startswith("pretrain_"):
             return
@@ -408,7 +414,25 @@ def main(argv=None) -> None:
         run = collect_nnunet(args, job, seconds) if row == "nnunet" else collect_smitunet(job, seconds)
         results["runs"][job.name] = run
         report.save_results(results, results_path)
-        print(f"  {job.name}: Dice {100 * run['dice']:.2f}, HD95 {run['hd95']:.2f} mm", flush=True)
+        print(f"  {job.name}: Dice {100 * run['dice']:.2f}, HD95 {run['hd95'] or float('nan'):.2f} mm", flush=True)
+
+    pretrain_images = data.link_images(raw, order if args.pretrain_on_all else order[:pool], args.work / "pretrain_images")
+    methods = sorted({SMITUNET_ROWS[r][0] for r in args.rows if r != "nnunet"} - {None})
+    jobs = [j for j in (pretrain_job(args, m, pretrain_images) for m in methods) if j is not None]
+    for row in args.rows:
+        for labelled in ([pool] if row == "upper" else args.labelled):
+            for seed in args.row_seeds[row] or args.seeds:
+                key = report.run_key(row, labelled, seed)
+                if key in results["runs"]:
+                    continue
+                if row == "nnunet":
+                    job = nnunet_job(args, labelled, seed, folds[labelled], budget, nnunet_plans)
+                else:
+                    job = smitunet_job(args, row, labelled, seed, folds[labelled], budget)
+                if finished_on_disk(job, budget):  # trained before this invocation, not yet recorded
+                    record(job, None)
+                    continue
+                jobs.append(job)
 
     print(f"{len(jobs)} job(s) to run, {len(results['runs'])} run(s) already recorded in {results_path}", flush=True)
     run_jobs(jobs, max(1, args.jobs), on_done=record)
