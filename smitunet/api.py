@@ -72,7 +72,8 @@ def train(dataset: str | int, configuration: str = "3d_fullres", fold: str | int
           iters_per_epoch: int | None = None, num_workers: int | None = None, seed: int = 0,
           pretrained: str | Path | None = None, accept_partial_pretrained: bool = False,
           pretrained_branch: str = "teacher", monai_merge_order: str | None = None,
-          export_probabilities: bool = False, disable_tta: bool = False) -> dict | None:
+          labelled_cases: str | Path | list[str] | None = None, export_probabilities: bool = False,
+          disable_tta: bool = False) -> dict | None:
     """``smitunet_train``: train (or resume) one fold, then run its fold validation; returns the validation
     summary (None on other torchrun ranks, or when a finished run already has one)."""
     from smitunet.evaluation.fold_validation import validate_fold
@@ -83,6 +84,7 @@ def train(dataset: str | int, configuration: str = "3d_fullres", fold: str | int
                                 epochs=epochs, iters_per_epoch=iters_per_epoch, num_workers=num_workers, seed=seed,
                                 pretrained=pretrained, accept_partial_pretrained=accept_partial_pretrained,
                                 pretrained_branch=pretrained_branch, monai_merge_order=monai_merge_order,
+                                labelled_cases=labelled_cases,
                                 export_probabilities=export_probabilities,
                                 disable_tta=disable_tta)
     dist = trainer_obj.ctx.dist

@@ -23,6 +23,29 @@ def parse_fold(text: str | int) -> str | int:
     raise SmitunetError(f"fold must be 0-4 or 'all', got {text!r}")
 
 
+def read_case_list(cases: str | Path | list[str] | None) -> list[str] | None:
+    """A list of case names, or a file of them (one per line, or a JSON list)."""
+    if cases is None or isinstance(cases, list):
+        return cases
+    path = Path(cases)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SmitunetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if text.lstrip().startswith("["):
+        import json
+
+        try:
+            names = json.loads(text)
+        except ValueError as exc:
+            raise SmitunetError(f"{path}: not a valid JSON list of case names ({exc})") from None
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SmitunetError(f"{path}: expected case names, one per line or as a JSON list")
+    return names
+
+
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise SmitunetError(f"{name} must be at least 1, got {value}")
@@ -33,7 +56,8 @@ def build_trainer(dataset: str | int, configuration: str, fold: str | int, *, tr
                   iters_per_epoch: int | None = None, num_workers: int | None = None, seed: int = 0,
                   pretrained: str | Path | None = None, accept_partial_pretrained: bool = False,
                   pretrained_branch: str = "teacher", monai_merge_order: str | None = None,
-                  export_probabilities: bool = False, disable_tta: bool = False) -> Trainer:
+                  labelled_cases: str | Path | list[str] | None = None, export_probabilities: bool = False,
+                  disable_tta: bool = False) -> Trainer:
     """The trainer (class resolved by name, plans loaded and checked, distributed set up) of one fold."""
     fold = parse_fold(fold)
     _positive("--epochs", epochs)
@@ -57,6 +81,7 @@ def build_trainer(dataset: str | int, configuration: str, fold: str | int, *, tr
     options = TrainingOptions(epochs=epochs, iters_per_epoch=iters_per_epoch, num_workers=workers, seed=seed,
                               pretrained=pretrained, accept_partial_pretrained=accept_partial_pretrained,
                               pretrained_branch=pretrained_branch, monai_merge_order=monai_merge_order,
+                              labelled_cases=read_case_list(labelled_cases),
                               export_probabilities=export_probabilities,
                               disable_tta=disable_tta)
     folder = training_output_dir(dataset_name, trainer_name_for_folder(trainer), plans, configuration) / f"fold_{fold}"

@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--monai_merge_order", choices=("legacy", "merging", "mergingv2"), default=None,
                    help="patch-merging order a MONAI checkpoint was trained with (default: legacy for the "
                         "self-supervised model_swinvit.pt, merging for a SwinUNETR model)")
+    p.add_argument("--labelled_cases", type=Path, metavar="FILE",
+                   help="case names (one per line or a JSON list): the fold's other training cases are unlabelled; "
+                        "their labels are never read for training (label-efficiency runs on a labelled dataset; "
+                        "SMITSemiSupervisedTrainer learns from them)")
     p.add_argument("--c", dest="continue_training", action="store_true",
                    help="continue from the latest checkpoint (also extends a finished run when --epochs is larger)")
     p.add_argument("--val", dest="validation_only", action="store_true",
@@ -50,6 +54,7 @@ def trainer_settings(args) -> dict:
                 iters_per_epoch=args.iters_per_epoch, num_workers=args.num_workers, seed=args.seed,
                 pretrained=args.pretrained, accept_partial_pretrained=args.accept_partial_pretrained,
                 pretrained_branch=args.pretrained_branch, monai_merge_order=args.monai_merge_order,
+                labelled_cases=args.labelled_cases,
                 export_probabilities=args.npz, disable_tta=args.disable_tta)
 
 

@@ -55,6 +55,27 @@ class PreprocessedCases:
         return self._locations[case]
 
 
+class UnlabelledCases(PreprocessedCases):
+    """Images used without labels: ``{case}_seg.npy`` and ``{case}_locations.npz`` are never opened (they may not
+    exist); the label of every patch is an all-background stand-in that keeps the transforms' shapes."""
+
+    def __init__(self, folder: str | Path, cases: Sequence[str]):
+        self.folder = Path(folder)
+        self.cases = sorted(cases)
+        if not self.cases:
+            raise SmitunetError(f"{self.folder}: no unlabelled cases to sample from")
+        for case in self.cases:
+            if not (self.folder / f"{case}.npy").is_file():
+                raise SmitunetError(f"{self.folder / (case + '.npy')}: missing; re-run smitunet_plan_and_preprocess")
+        self._locations = {}
+
+    def seg(self, case: str) -> np.ndarray:
+        return np.zeros((1, *self.data(case).shape[1:]), dtype=np.int16)
+
+    def locations(self, case: str) -> dict[int, np.ndarray]:
+        return {}
+
+
 def _crop_box(shape, patch, rng: np.random.Generator, centre=None) -> np.ndarray:
     """Lower corner of a patch; the patch may hang over the border by at most what padding needs."""
     shape, patch = np.asarray(shape), np.asarray(patch)

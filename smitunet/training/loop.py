@@ -43,6 +43,21 @@ class TrainedFold:
     log: Callable[[str], None]
 
 
+def split_labelled(train_cases: list[str], labelled: list[str] | None, fold) -> tuple[list[str], list[str]]:
+    """(labelled, unlabelled) training cases of the fold: with a ``--labelled_cases`` list, every training case not
+    listed is unlabelled (its label is never read for training); without one, all are labelled."""
+    if labelled is None:
+        return list(train_cases), []
+    wanted = set(labelled)
+    unknown = sorted(wanted - set(train_cases))
+    if unknown:
+        raise SmitunetError(f"--labelled_cases: {len(unknown)} case(s) are not training cases of fold {fold}: "
+                            f"{', '.join(unknown[:5])}")
+    if not wanted:
+        raise SmitunetError("--labelled_cases lists no case")
+    return [c for c in train_cases if c in wanted], [c for c in train_cases if c not in wanted]
+
+
 def preprocessed_cases(folder: Path) -> list[str]:
     cases = sorted(p.name[: -len("_seg.npy")] for p in Path(folder).glob("*_seg.npy"))
     if not cases:
@@ -74,6 +89,9 @@ class TrainingLoop:
         barrier(self.dist)
         splits = load_or_create_splits(self.ctx.preprocessed_dataset_dir, all_cases, write=False)
         self.train_cases, self.val_cases = cases_for_fold(splits, self.ctx.fold, all_cases)
+        self.train_cases, t.unlabelled_cases = split_labelled(self.train_cases, t.options.labelled_cases,
+                                                              self.ctx.fold)
+        t.data_folder = self.data_folder
         if t.config.batch_size < self.dist.world_size:
             raise SmitunetError(f"batch size {t.config.batch_size} of the plans cannot be shared by "
                                 f"{self.dist.world_size} processes; use at most {t.config.batch_size} processes")
@@ -104,7 +122,8 @@ class TrainingLoop:
         return ckpt.build_training_checkpoint(
             network_config=self.network_config, state_dict=self.network.state_dict(), optimizer=self.optimizer,
             scheduler=self.schedule, scaler=self.scaler, epoch=self.epoch, logs=self.logger.logs,
-            extra={"ema_pseudo_dice": self.ema, "best_ema_pseudo_dice": self.best_ema, "seed": t.options.seed},
+            extra={"ema_pseudo_dice": self.ema, "best_ema_pseudo_dice": self.best_ema, "seed": t.options.seed,
+                   "trainer": t.extra_state()},
             plans_dict=t.plans.to_dict(), configuration=self.ctx.configuration, trainer_name=self.ctx.trainer_name,
             dataset_json=self.ctx.dataset_json, fold=self.ctx.fold,
             inference_mirror_axes=t.validation_mirror_axes, network_builder=t.network_builder)
@@ -131,6 +150,7 @@ class TrainingLoop:
         self.logger.logs = {key: list(state["logs"].get(key, [float("nan")] * done)) for key in empty_logs()}
         extra = state.get("trainer_state", {})
         self.ema, self.best_ema = extra.get("ema_pseudo_dice"), extra.get("best_ema_pseudo_dice")
+        self.trainer.load_extra_state(extra.get("trainer") or {})
         ckpt.restore_rng_state(state["rng"])
         self.log(f"resumed from {path.name}: {self.epoch} completed epochs, step {self.schedule.step_count}")
 
@@ -266,7 +286,8 @@ class TrainingLoop:
             return
         save_json(t.plans.to_dict(), self.out.parent / "plans.json")
         save_json(self.ctx.dataset_json, self.out.parent / "dataset.json")
-        self.log(f"trainer {self.ctx.trainer_name}, fold {self.ctx.fold}: {len(self.train_cases)} training / "
+        unlabelled = f" (+{len(t.unlabelled_cases)} unlabelled)" if t.unlabelled_cases else ""
+        self.log(f"trainer {self.ctx.trainer_name}, fold {self.ctx.fold}: {len(self.train_cases)} training{unlabelled} / "
                  f"{len(self.val_cases)} validation cases; {t.num_epochs} epochs x {t.iters_per_epoch} iterations, "
                  f"batch {t.config.batch_size} (x{self.dist.world_size} processes share it), patch "
                  f"{t.config.patch_size}, network {self.network_config.name} "

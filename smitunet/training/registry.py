@@ -18,6 +18,7 @@ ENTRY_POINT_GROUP = "smitunet.trainers"
 BUILTIN_TRAINERS = {
     "SMITTrainer": "smitunet.training.trainer:SMITTrainer",
     "ConvUNetTrainer": "smitunet.training.trainer:ConvUNetTrainer",
+    "SMITSemiSupervisedTrainer": "smitunet.training.semi_supervised:SMITSemiSupervisedTrainer",
 }
 DEFAULT_TRAINER = "SMITTrainer"
 

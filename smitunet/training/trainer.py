@@ -43,6 +43,7 @@ class TrainingOptions:
     pretrained: Path | None = None
     accept_partial_pretrained: bool = False   # load even when < 90 % of the encoder's tensors match
     pretrained_branch: str = "teacher"        # which encoder of a student/teacher checkpoint
+    labelled_cases: list[str] | None = None   # --labelled_cases: the fold's other training cases are unlabelled
     monai_merge_order: str | None = None      # a MONAI file's patch-merging order (None: detected)
     export_probabilities: bool = False    # --npz: also save softmax probabilities during fold validation
     disable_tta: bool = False             # --disable_tta: fold validation without test-time mirroring
@@ -93,6 +94,8 @@ class Trainer:
         self.lr_schedule: WarmupDecaySchedule | None = None
         self.grad_scaler: torch.amp.GradScaler | None = None
         self.loss_scale = 1.0                       # this process's share of the global batch x processes
+        self.data_folder: Path | None = None        # the configuration's preprocessed cases
+        self.unlabelled_cases: list[str] = []       # training cases used without their labels (--labelled_cases)
 
     def run(self, continue_training: bool = False, validation_only: bool = False):
         """Train this fold (or resume it; ``validation_only`` loads checkpoint_final) and return the
@@ -203,6 +206,14 @@ class Trainer:
             p, r = pred == c, ref == c
             stats[:, c - 1] = [(p & r).sum().item(), (p & ~r).sum().item(), (~p & r).sum().item()]
         return float(loss), stats
+
+    def extra_state(self) -> dict[str, Any]:
+        """What a trainer keeps beyond the network and optimiser (e.g. a teacher), in every checkpoint, so that
+        ``--c`` resumes exactly; tensors and plain containers only."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore ``extra_state`` when resuming."""
 
     # -- hooks (nothing by default) --------------------------------------------------------------------
     def on_train_start(self) -> None:

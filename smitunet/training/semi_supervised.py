@@ -1,0 +1,171 @@
+"""Semi-supervised fine-tuning: a mean teacher and bidirectional copy-paste (BCP) between labelled and unlabelled
+crops, as a trainer class (``-tr SMITSemiSupervisedTrainer``).
+
+Each step takes a labelled batch (augmented, as every trainer's) and an unlabelled batch of the same size (the
+fold's training cases outside ``--labelled_cases``, augmented the same way; their label files are never read). A
+cuboid covering ``mix_fraction`` of each axis is cut at a random place; pair j mixes labelled crop j and
+unlabelled crop j, in alternating directions (BCP, Bai et al. CVPR 2023):
+
+- even j: the labelled crop with the unlabelled crop's cuboid pasted in;
+- odd j: the unlabelled crop with the labelled crop's cuboid pasted in.
+
+The student learns from the mixed crops: labelled voxels against their labels (weight 1), unlabelled voxels against
+the teacher's pseudo-labels (the arg-max of the teacher on the unmixed unlabelled crop), weighted by
+``unlabelled_weight`` times a ramp ``exp(-5 (1 - t/T)^2)`` over the first ``rampup_fraction`` of the run, and only
+where the teacher's probability reaches ``confidence``. The teacher is an exponential moving average of the student
+(``teacher_momentum``), receives no gradients, and is kept in every checkpoint, so ``--c`` resumes exactly.
+Checkpoints hold the student's weights: ``smitunet_predict`` and the fold validation use the student (BCP's
+choice; the teacher trails it by about 1 / (1 - momentum) steps).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from smitunet.errors import SmitunetError
+from smitunet.training.batches import BatchStream
+from smitunet.training.data import PatchLoader, UnlabelledCases
+from smitunet.training.trainer import SMITTrainer
+from smitunet.utils.distributed import shard_of_batch
+
+
+def cuboid_mask(shape, fraction: float, rng: np.random.Generator) -> torch.Tensor:
+    """Float (z, y, x) mask: 1 inside a cuboid of ``round(fraction * size)`` voxels per axis at a random place."""
+    mask = torch.zeros(tuple(int(s) for s in shape))
+    sizes = [max(1, int(round(fraction * s))) for s in shape]
+    lower = [int(rng.integers(0, s - c + 1)) for s, c in zip(shape, sizes)]
+    mask[tuple(slice(lo, lo + c) for lo, c in zip(lower, sizes))] = 1.0
+    return mask
+
+
+def copy_paste(labelled: torch.Tensor, unlabelled: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bidirectional copy-paste of (B, C, *spatial) batches: returns the mixed batch and, per voxel, whether it
+    came from the labelled crop (B, 1, *spatial). Pair j: even j pastes the unlabelled cuboid into the labelled
+    crop, odd j the labelled cuboid into the unlabelled crop."""
+    inside = mask.to(labelled.dtype)[None, None]                        # (1, 1, *spatial)
+    odd = (torch.arange(labelled.shape[0], device=labelled.device) % 2 == 1).view(-1, 1, *[1] * mask.ndim)
+    from_labelled = torch.where(odd, inside, 1 - inside)                  # (B, 1, *spatial)
+    mixed = labelled * from_labelled + unlabelled * (1 - from_labelled)
+    return mixed, from_labelled
+
+
+def weighted_dice_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """Cross-entropy plus soft Dice (foreground classes, per sample) with per-voxel weights (B, 1, *spatial)."""
+    logits = logits.float()
+    target = target[:, 0].long()
+    w = weight[:, 0].float()
+    ce = (F.cross_entropy(logits, target, reduction="none") * w).sum() / w.sum().clamp(min=1.0)
+    probs = torch.softmax(logits, 1)[:, 1:]
+    onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].to(probs.dtype)
+    axes = tuple(range(2, logits.ndim))
+    wb = w[:, None]
+    intersection = (probs * onehot * wb).sum(axes)
+    denominator = (probs * wb).sum(axes) + (onehot * wb).sum(axes)
+    dice = (2 * intersection + smooth) / (denominator + smooth)
+    return ce + (1 - dice.mean())
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter (buffers copied)."""
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
+    for t, s in zip(teacher.buffers(), student.buffers()):
+        t.copy_(s)
+
+
+def rampup(iteration: int, total: int, fraction: float) -> float:
+    """Sigmoid-shaped ramp from ~0 to 1 over the first ``fraction`` of ``total`` iterations (mean teacher's)."""
+    length = fraction * total
+    if length <= 0 or iteration >= length:
+        return 1.0
+    return float(math.exp(-5.0 * (1.0 - iteration / length) ** 2))
+
+
+class SMITSemiSupervisedTrainer(SMITTrainer):
+    teacher_momentum = 0.99
+    mix_fraction = 2 / 3           # cuboid side per axis (BCP)
+    unlabelled_weight = 0.5        # BCP's alpha for the pseudo-labelled voxels
+    confidence = 0.8               # pseudo-labels where the teacher is less sure carry no loss
+    rampup_fraction = 0.4          # of the run's iterations
+    unlabelled_seed_offset = 104729
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.teacher: nn.Module | None = None
+        self._unlabelled: BatchStream | None = None
+
+    # -- teacher --------------------------------------------------------------------------------------
+    def _make_teacher(self) -> nn.Module:
+        teacher = copy.deepcopy(self.network)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        teacher.deep_supervision = False
+        return teacher.eval()
+
+    def extra_state(self) -> dict[str, Any]:
+        return {} if self.teacher is None else {"teacher": self.teacher.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "teacher" in state:
+            self.teacher = self._make_teacher()
+            self.teacher.load_state_dict(state["teacher"])
+
+    # -- data -----------------------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if not self.unlabelled_cases:
+            raise SmitunetError(f"{type(self).__name__} needs unlabelled cases: pass --labelled_cases FILE so that the "
+                                "fold's other training cases are used without their labels")
+        if self.teacher is None:  # a fresh run: the teacher starts as the student (after any pretrained loading)
+            self.teacher = self._make_teacher()
+        shard = shard_of_batch(self.config.batch_size, self.ctx.dist)
+        loader = PatchLoader(UnlabelledCases(self.data_folder, self.unlabelled_cases), self.sampling_patch_size(),
+                             self.config.batch_size, shard, seed=self.options.seed + self.unlabelled_seed_offset,
+                             start_batch=self.iteration, oversample_foreground=0.0,
+                             num_workers=self.options.num_workers)
+        self._unlabelled = BatchStream(loader, self.training_transforms(), self.options.num_workers)
+
+    def on_train_end(self) -> None:
+        if self._unlabelled is not None:
+            self._unlabelled.close()
+            self._unlabelled = None
+        super().on_train_end()
+
+    # -- the step -------------------------------------------------------------------------------------
+    def unlabelled_scale(self) -> float:
+        total = self.num_epochs * self.iters_per_epoch
+        return self.unlabelled_weight * rampup(self.iteration, total, self.rampup_fraction)
+
+    def train_step(self, batch: dict) -> float:
+        encoder = getattr(self.network, "encoder", None)
+        if encoder is not None:
+            frozen = self.encoder_frozen()
+            for p in encoder.parameters():
+                p.requires_grad_(not frozen)
+        labelled = batch["data"].to(self.device, non_blocking=True)
+        labels = batch["seg"].to(self.device, non_blocking=True)
+        unlabelled = next(self._unlabelled)["data"].to(self.device, non_blocking=True)
+        with torch.no_grad(), self.autocast():
+            teacher_probs = torch.softmax(self.teacher(unlabelled).float(), 1)
+        confident, pseudo = teacher_probs.max(1, keepdim=True)
+        rng = np.random.default_rng([self.options.seed, self.iteration, 17])
+        mask = cuboid_mask(labelled.shape[2:], self.mix_fraction, rng).to(self.device)
+        mixed, from_labelled = copy_paste(labelled, unlabelled, mask)
+        target = torch.where(from_labelled.bool(), labels.long(), pseudo)
+        weight = from_labelled + (1 - from_labelled) * self.unlabelled_scale() * (confident >= self.confidence).float()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            output = self.model(mixed)
+            logits = output[0] if isinstance(output, (list, tuple)) else output
+            loss = weighted_dice_ce(logits, target, weight)
+        self.optimize(loss)
+        ema_update(self.teacher, self.network, self.teacher_momentum)
+        return float(loss.detach())

@@ -1,0 +1,137 @@
+"""Semi-supervised fine-tuning (mean teacher + bidirectional copy-paste) and --labelled_cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from smitunet.checkpoint_io import load_checkpoint
+from smitunet.training.cli import main as train_main
+from smitunet.training.semi_supervised import (SMITSemiSupervisedTrainer, copy_paste, cuboid_mask, ema_update,
+                                                rampup, weighted_dice_ce)
+from training_support import fold_dir, make_preprocessed_dataset
+
+SEMI = "SMITSemiSupervisedTrainer"
+
+
+def test_cuboid_mask_and_bidirectional_copy_paste_by_value():
+    mask = cuboid_mask((3, 3, 3), 2 / 3, np.random.default_rng(0))
+    assert mask.sum() == 8 and set(mask.unique().tolist()) == {0.0, 1.0}
+    labelled = torch.full((2, 1, 3, 3, 3), 1.0)
+    unlabelled = torch.full((2, 1, 3, 3, 3), 5.0)
+    mixed, from_labelled = copy_paste(labelled, unlabelled, mask)
+    inside = mask.bool()
+    # pair 0: the labelled crop with the unlabelled cuboid pasted in; pair 1: the other way round
+    assert torch.equal(mixed[0, 0][inside], torch.full((8,), 5.0)) and torch.equal(mixed[0, 0][~inside], torch.ones(19))
+    assert torch.equal(mixed[1, 0][inside], torch.ones(8)) and torch.equal(mixed[1, 0][~inside], torch.full((19,), 5.0))
+    assert torch.equal(from_labelled[0, 0], 1 - mask) and torch.equal(from_labelled[1, 0], mask)
+    # targets follow the same mixing: labels where the crop came from the labelled image, pseudo-labels elsewhere
+    labels, pseudo = torch.ones(2, 1, 3, 3, 3, dtype=torch.long), torch.full((2, 1, 3, 3, 3), 2, dtype=torch.long)
+    target = torch.where(from_labelled.bool(), labels, pseudo)
+    assert torch.equal(target[0, 0][inside], torch.full((8,), 2)) and torch.equal(target[1, 0][inside], torch.ones(8, dtype=torch.long))
+
+
+def test_weighted_loss_ignores_zero_weight_voxels_and_ramp():
+    logits = torch.randn(1, 3, 4, 4, 4)
+    target = torch.randint(0, 3, (1, 1, 4, 4, 4))
+    weight = torch.ones(1, 1, 4, 4, 4)
+    weight[..., :2] = 0
+    other = target.clone()
+    other[..., :2] = (other[..., :2] + 1) % 3   # changes only zero-weight voxels
+    assert torch.allclose(weighted_dice_ce(logits, target, weight), weighted_dice_ce(logits, other, weight))
+    assert rampup(0, 100, 0.4) == pytest.approx(np.exp(-5)) and rampup(40, 100, 0.4) == 1.0
+
+
+def test_teacher_gets_no_gradient_and_follows_the_ema_formula():
+    student, teacher = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    before = [p.clone() for p in teacher.parameters()]
+    student(torch.randn(4, 3)).sum().backward()
+    ema_update(teacher, student, 0.9)
+    for t, b, s in zip(teacher.parameters(), before, student.parameters()):
+        assert t.grad is None and not t.requires_grad
+        assert torch.allclose(t, 0.9 * b + 0.1 * s.detach())
+
+
+@pytest.fixture
+def dataset(smitunet_dirs, tmp_path):
+    folder = make_preprocessed_dataset(smitunet_dirs["preprocessed"], num_cases=8)
+    (tmp_path / "labelled.txt").write_text("tiny_000\ntiny_001\n")
+    return smitunet_dirs, folder
+
+
+def _train(trainer: str, tmp_path, epochs: int = 2, *extra: str):
+    train_main(["901", "3d_fullres", "0", "-tr", trainer, "--epochs", str(epochs), "--iters_per_epoch", "2",
+                "--num_workers", "0", "--disable_tta", "--labelled_cases", str(tmp_path / "labelled.txt"), *extra])
+
+
+def _final(results, trainer):
+    return load_checkpoint(fold_dir(results, trainer) / "checkpoint_final.pt")
+
+
+def test_unlabelled_cases_never_supervise(dataset, tmp_path, monkeypatch, capsys):
+    dirs, folder = dataset
+    data = folder / "smitunetPlans_3d_fullres"
+    for trainer in ("SMITTrainer", SEMI):
+        monkeypatch.setenv("smitunet_results", str(tmp_path / f"clean_{trainer}"))
+        _train(trainer, tmp_path)
+    splits = __import__("json").loads((folder / "splits_final.json").read_text())
+    unlabelled = [c for c in splits[0]["train"] if c not in ("tiny_000", "tiny_001")]
+    assert unlabelled
+    for case in unlabelled:  # corrupt every label file of the unlabelled cases
+        np.save(data / f"{case}_seg.npy", np.full_like(np.load(data / f"{case}_seg.npy"), 2))
+        (data / f"{case}_locations.npz").write_bytes(b"garbage")
+    for trainer in ("SMITTrainer", SEMI):
+        monkeypatch.setenv("smitunet_results", str(tmp_path / f"corrupt_{trainer}"))
+        _train(trainer, tmp_path)
+        a, b = _final(tmp_path / f"clean_{trainer}", trainer), _final(tmp_path / f"corrupt_{trainer}", trainer)
+        for key, value in a["state_dict"].items():
+            assert torch.equal(value, b["state_dict"][key]), (trainer, key)
+    out = capsys.readouterr().out
+    assert f"2 training (+{len(unlabelled)} unlabelled)" in out
+
+
+class InterruptibleSemi(SMITSemiSupervisedTrainer):
+    """Stops at the start of epoch ``STOP_AT`` (a stand-in for a killed run), as a user's Ctrl-C would."""
+
+    stop_at = None
+
+    def on_epoch_start(self, epoch):
+        if epoch == InterruptibleSemi.stop_at:
+            raise KeyboardInterrupt
+
+
+def test_semi_supervised_resume_is_exact_and_keeps_the_teacher(dataset, tmp_path, monkeypatch):
+    import sys
+
+    sys.modules[__name__].InterruptibleSemi = InterruptibleSemi
+    name = f"{__name__}:InterruptibleSemi"
+    monkeypatch.setenv("smitunet_results", str(tmp_path / "straight"))
+    _train(name, tmp_path, 3)
+    monkeypatch.setenv("smitunet_results", str(tmp_path / "resumed"))
+    InterruptibleSemi.stop_at = 2
+    with pytest.raises(SystemExit):
+        _train(name, tmp_path, 3)
+    InterruptibleSemi.stop_at = None
+    _train(name, tmp_path, 3, "--c")
+    a, b = _final(tmp_path / "straight", "InterruptibleSemi"), _final(tmp_path / "resumed", "InterruptibleSemi")
+    for key, value in a["state_dict"].items():
+        assert torch.allclose(value, b["state_dict"][key], atol=1e-6, rtol=1e-5), key
+    teacher_a, teacher_b = a["trainer_state"]["trainer"]["teacher"], b["trainer_state"]["trainer"]["teacher"]
+    for key, value in teacher_a.items():
+        assert torch.allclose(value, teacher_b[key], atol=1e-6, rtol=1e-5), key
+    assert not torch.equal(teacher_a["heads.0.weight"], a["state_dict"]["heads.0.weight"])  # a lagging average
+
+
+def test_labelled_cases_errors_are_one_line(dataset, tmp_path, capsys):
+    (tmp_path / "labelled.txt").write_text("nope_case\n")
+    with pytest.raises(SystemExit) as exc:
+        _train("SMITTrainer", tmp_path)
+    assert exc.value.code == 2 and "are not training cases of fold 0: nope_case" in capsys.readouterr().err
+    (tmp_path / "labelled.txt").write_text("tiny_000\n")
+    with pytest.raises(SystemExit):
+        train_main(["901", "3d_fullres", "0", "-tr", SEMI, "--epochs", "1", "--iters_per_epoch", "1",
+                    "--num_workers", "0"])
+    assert "needs unlabelled cases: pass --labelled_cases" in capsys.readouterr().err
