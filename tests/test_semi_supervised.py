@@ -135,3 +135,51 @@ def test_labelled_cases_errors_are_one_line(dataset, tmp_path, capsys):
         train_main(["901", "3d_fullres", "0", "-tr", SEMI, "--epochs", "1", "--iters_per_epoch", "1",
                     "--num_workers", "0"])
     assert "needs unlabelled cases: pass --labelled_cases" in capsys.readouterr().err
+
+
+def _unlabelled_dataset(raw, count: int = 2):
+    import shutil
+
+    from smitunet.dataset.synthetic import generate_synthetic_dataset
+
+    dataset = generate_synthetic_dataset(raw, num_training=6, num_test=count, shape=(20, 24, 22))
+    target = dataset / "imagesUnlabelled"
+    target.mkdir()
+    for image in sorted((dataset / "imagesTs").iterdir()):  # images whose labels we never give
+        shutil.copy(image, target / image.name.replace("test_", "extra_"))
+    return dataset
+
+
+def test_images_unlabelled_are_preprocessed_without_labels_and_used(smitunet_dirs, tmp_path, capsys):
+    from smitunet.preprocessing.cli import main as plan_main
+    from smitunet.utils.files import load_json
+
+    _unlabelled_dataset(smitunet_dirs["raw"])
+    plan_main(["-d", "999", "--preset", "smit_tiny", "-np", "1"])
+    folder = smitunet_dirs["preprocessed"] / "Dataset999_Synthetic"
+    data = folder / "smitunetPlans_3d_fullres"
+    extra = sorted(p.name for p in data.glob("extra_*"))
+    assert extra and all(not n.endswith(("_seg.npy", "_locations.npz")) for n in extra)
+    assert load_json(folder / "dataset_fingerprint.json")["num_unlabelled_cases"] == len(extra) // 2
+    splits = load_json(folder / "splits_final.json") if (folder / "splits_final.json").exists() else None
+    assert splits is None or not any(c.startswith("extra_") for s in splits for c in s["train"] + s["val"])
+    capsys.readouterr()
+    train_main(["999", "3d_fullres", "0", "-tr", SEMI, "--epochs", "1", "--iters_per_epoch", "1", "--num_workers", "0",
+                "--disable_tta"])
+    assert f"(+{len(extra) // 2} unlabelled)" in capsys.readouterr().out
+
+
+def test_broken_unlabelled_image_is_one_line_naming_it_and_nothing_is_written(smitunet_dirs, capsys):
+    import SimpleITK as sitk
+
+    from smitunet.preprocessing.cli import main as plan_main
+
+    dataset = _unlabelled_dataset(smitunet_dirs["raw"], count=1)
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((24, 22), np.float32)),  # a 2D image: no 3D geometry
+                    str(dataset / "imagesUnlabelled" / "extra_bad_0000.nii.gz"))
+    with pytest.raises(SystemExit) as exc:
+        plan_main(["-d", "999", "--preset", "smit_tiny", "-np", "1"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "extra_bad" in line]
+    assert exc.value.code == 2 and len(lines) == 1 and "is 2D; expected a 3D image" in lines[0]
+    assert not (smitunet_dirs["preprocessed"] / "Dataset999_Synthetic").exists()

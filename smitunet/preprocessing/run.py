@@ -23,6 +23,8 @@ from smitunet.utils.files import load_json, save_json
 from smitunet.utils.log import logger
 from smitunet.utils.parallel import CasePool
 
+UNLABELLED_FOLDER = "imagesUnlabelled"
+
 
 @dataclass
 class PlanOptions:
@@ -45,13 +47,21 @@ def _warn(lines: list[str], limit: int = 20) -> None:
         logger.warning(f"warning: ... and {len(lines) - limit} more")
 
 
-def _check_test_images(dataset_dir: Path, dj: dict, pool: CasePool) -> list[str]:
-    cases, problems = list_test_cases(dataset_dir, dj)
+def _check_test_images(dataset_dir: Path, dj: dict, pool: CasePool, folder: str = "imagesTs") -> list[str]:
+    cases, problems = list_test_cases(dataset_dir, dj, folder=folder)
     allowed = {int(v) for v in dj["labels"].values()}
     for found, _warnings in pool.imap(partial(_check_one, allowed=allowed), sorted(cases.items()),
-                                     total=len(cases), desc="check imagesTs"):
+                                     total=len(cases), desc=f"check {folder}"):
         problems += found
     return problems
+
+
+def unlabelled_cases(dataset_dir: Path, dj: dict, training: dict) -> tuple[dict, list[str]]:
+    """``imagesUnlabelled/{case}_{channel:04d}{ending}``: images without labels, for semi-supervised trainers."""
+    cases, problems = list_test_cases(dataset_dir, dj, folder=UNLABELLED_FOLDER)
+    clash = sorted(set(cases) & set(training))
+    problems += [f"{dataset_dir / UNLABELLED_FOLDER}: case {c} is also a training case; rename one" for c in clash]
+    return {c: {"images": e["images"], "label": None} for c, e in cases.items()}, problems
 
 
 def _check_one(item, allowed):
@@ -98,12 +108,17 @@ def run_dataset(identifier: str, options: PlanOptions, pool: CasePool) -> tuple[
     out_dir = preprocessed_dir() / name
     dj = load_dataset_json(dataset_dir)
     cases, problems = scan_training_cases(dataset_dir, dj)
+    unlabelled, found = unlabelled_cases(dataset_dir, dj, cases)
+    problems += found
     if options.verify_dataset_integrity:
         problems += _check_test_images(dataset_dir, dj, pool)
+    if unlabelled:  # read in full whenever they are preprocessed: geometry, channels, NaN (one line per case)
+        problems += _check_test_images(dataset_dir, dj, pool, UNLABELLED_FOLDER)
     if problems:
         raise DatasetIntegrityError(problems)
     cache: dict = {}  # small cases read by the fingerprint pass, reused by preprocessing
     fingerprint = _fingerprint(dataset_dir, out_dir, dj, cases, pool, options, cache)
+    fingerprint["num_unlabelled_cases"] = len(unlabelled)
     plans_path = out_dir / f"{options.plans_name}.json"
     if options.use_existing_plans:
         plans = Plans.load(plans_path)
@@ -125,6 +140,6 @@ def run_dataset(identifier: str, options: PlanOptions, pool: CasePool) -> tuple[
                 logger.warning(f"note: {name}: plans have no configuration {config}; skipped")
                 continue
             target = out_dir / plans.configurations[config].data_identifier
-            counts[config] = preprocess_dataset(cases, plans, config, target, pool, force=options.clean,
-                                                cache=cache)
+            counts[config] = preprocess_dataset({**cases, **unlabelled}, plans, config, target, pool,
+                                                force=options.clean, cache=cache)
     return plans, counts

@@ -52,9 +52,10 @@ def case_files(out_dir: Path, case: str) -> dict[str, Path]:
             "properties": out_dir / f"{case}.json", "locations": out_dir / f"{case}_locations.npz"}
 
 
-def is_finished(out_dir: Path, case: str, digest: str) -> bool:
+def is_finished(out_dir: Path, case: str, digest: str, labelled: bool = True) -> bool:
     files = case_files(out_dir, case)
-    if not all(p.is_file() for p in files.values()):
+    needed = files.values() if labelled else (files["data"], files["properties"])
+    if not all(p.is_file() for p in needed):
         return False
     try:
         return load_json(files["properties"]).get("preprocessing_hash") == digest
@@ -69,12 +70,13 @@ def _preprocess_one(item: tuple[str, dict, tuple | None], plans: Plans, configur
         data, seg, geometry = arrays
     else:
         data, geometry = read_channels(entry["images"])
-        seg, _ = read_image(entry["label"])
+        seg = read_image(entry["label"])[0] if entry["label"] is not None else None
     data, seg, properties = preprocess_case(data, geometry, plans, configuration, seg)
     files = case_files(out_dir, case)
     save_npy(data, files["data"])
-    save_npy(seg, files["seg"])
-    save_npz(files["locations"], **class_locations(seg[0], plans.foreground_labels, case_seed(case)))
+    if seg is not None:  # an unlabelled case (imagesUnlabelled) has image and properties only
+        save_npy(seg, files["seg"])
+        save_npz(files["locations"], **class_locations(seg[0], plans.foreground_labels, case_seed(case)))
     save_json({**properties, "preprocessing_hash": digest}, files["properties"])  # last: marks the case done
     return case
 
@@ -88,7 +90,8 @@ def preprocess_dataset(cases: dict[str, dict], plans: Plans, configuration: str,
     cache = cache or {}
     digest = preprocessing_hash(plans, configuration)
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [(c, cases[c], cache.get(c)) for c in sorted(cases) if force or not is_finished(out_dir, c, digest)]
+    todo = [(c, cases[c], cache.get(c)) for c in sorted(cases)
+            if force or not is_finished(out_dir, c, digest, labelled=cases[c]["label"] is not None)]
     work = partial(_preprocess_one, plans=plans, configuration=configuration, out_dir=out_dir, digest=digest)
     done = sum(1 for _ in pool.imap(work, todo, total=len(todo), desc=f"preprocess {configuration}"))
     return {"preprocessed": done, "skipped": len(cases) - len(todo)}

@@ -47,12 +47,12 @@ def _warn(message: str) -> None:
 
 
 def dataset_sources(identifier: str) -> tuple[list[ImageSource], dict[str, str]]:
-    """Every image of a raw dataset (``imagesTr`` and ``imagesTs``); labels are not read."""
+    """Every image of a raw dataset (``imagesTr``, ``imagesTs`` and ``imagesUnlabelled``); labels are not read."""
     name = resolve_dataset_name(identifier, search=("raw",))
     folder = raw_dir() / name
     dj = load_dataset_json(folder)
     sources: list[ImageSource] = []
-    for sub in ("imagesTr", "imagesTs"):
+    for sub in ("imagesTr", "imagesTs", "imagesUnlabelled"):
         cases, problems = list_test_cases(folder, dj, folder=sub)
         for p in problems:
             _warn(f"{name}: {p}")

@@ -58,6 +58,12 @@ def split_labelled(train_cases: list[str], labelled: list[str] | None, fold) -> 
     return [c for c in train_cases if c in wanted], [c for c in train_cases if c not in wanted]
 
 
+def image_only_cases(folder: Path) -> list[str]:
+    """Preprocessed cases without a label file: the dataset's ``imagesUnlabelled``."""
+    return sorted(p.stem for p in Path(folder).glob("*.npy")
+                  if not p.name.endswith("_seg.npy") and not (Path(folder) / f"{p.stem}_seg.npy").is_file())
+
+
 def preprocessed_cases(folder: Path) -> list[str]:
     cases = sorted(p.name[: -len("_seg.npy")] for p in Path(folder).glob("*_seg.npy"))
     if not cases:
@@ -91,6 +97,7 @@ class TrainingLoop:
         self.train_cases, self.val_cases = cases_for_fold(splits, self.ctx.fold, all_cases)
         self.train_cases, t.unlabelled_cases = split_labelled(self.train_cases, t.options.labelled_cases,
                                                               self.ctx.fold)
+        t.unlabelled_cases += image_only_cases(self.data_folder)  # imagesUnlabelled, in every fold
         t.data_folder = self.data_folder
         if t.config.batch_size < self.dist.world_size:
             raise SmitunetError(f"batch size {t.config.batch_size} of the plans cannot be shared by "
