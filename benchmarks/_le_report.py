@@ -21,6 +21,10 @@ ROW_TITLES = {
     "upper": "smitunet from scratch, all non-evaluation cases labelled",
     "probe_random": "probe: frozen random encoder",
     "probe_smit": "probe: frozen SMIT-pretrained encoder",
+    "smit_uniform_lr": "smitunet, SMIT-pretrained, no layer-wise decay",
+    "smit_warmup": "smitunet, SMIT-pretrained, encoder frozen for the first 10 %",
+    "semi": "smitunet semi-supervised (mean teacher + copy-paste), from scratch",
+    "semi_smit": "smitunet semi-supervised, SMIT-pretrained",
 }
 CONVERGENCE_TAIL = 0.2   # the scratch row must gain < 1 point of validation Dice over this last share
 

@@ -14,7 +14,11 @@ pretrained on). Rows (``--rows``), each fine-tuned with the same budget and eval
   images of every non-evaluation case (labels never read);
 - ``nnunet``: nnU-Net v2 (its own virtual environment, planned at the same target spacing), same cases;
 - ``upper``: ``scratch`` with every non-evaluation case labelled (its N is that count, whatever ``--labelled``);
-- ``probe_random`` / ``probe_smit``: the encoder frozen (random / pretrained), only the decoder trains.
+- ``probe_random`` / ``probe_smit``: the encoder frozen (random / pretrained), only the decoder trains;
+- ``smit_uniform_lr`` / ``smit_warmup``: the fine-tuning recipe's ablations (no layer-wise decay; encoder frozen for
+  the first 10 % of the iterations);
+- ``semi`` / ``semi_smit``: ``SMITSemiSupervisedTrainer`` (scratch / pretrained) on every non-evaluation case with
+  ``--labelled_cases`` the same N; its iterations cost more, so its own calibration fits the same wall budget.
 
 The fine-tuning budget is wall time (``--budget_minutes``) of one run alone with ``--threads`` threads; a short
 calibration run of each tool turns it into that tool's epochs, recorded in the results file, so later runs
@@ -57,7 +61,9 @@ METHODS = ("smit", "smart", "gmim")
 SMITUNET_ROWS = {"scratch": (None, "SMITTrainer"), "upper": (None, "SMITTrainer"),
                  **{m: (m, "SMITTrainer") for m in METHODS},
                  "smit_uniform_lr": ("smit", "SMITTrainerUniformLR"), "smit_warmup": ("smit", "SMITTrainerEncoderWarmup"),
-                 "probe_random": (None, "SMITTrainerFrozenEncoder"), "probe_smit": ("smit", "SMITTrainerFrozenEncoder")}
+                 "probe_random": (None, "SMITTrainerFrozenEncoder"), "probe_smit": ("smit", "SMITTrainerFrozenEncoder"),
+                 "semi": (None, "SMITSemiSupervisedTrainer"), "semi_smit": ("smit", "SMITSemiSupervisedTrainer")}
+SEMI_ROWS = ("semi", "semi_smit")   # trained on every non-evaluation case, --labelled_cases the first N
 ROWS = (*SMITUNET_ROWS, "nnunet")
 PROTOCOLS = {
     "cpu": dict(spacing=[1.25, 1.25, 1.25], gpu_memory_target=1.0, device="cpu", tta=False, budget_minutes=40.0,
@@ -231,30 +237,35 @@ def _steady(values: list[float]) -> float:
     return sorted(values[1:] or values)[len(values[1:] or values) // 2]
 
 
-def calibrate(args, results: dict, fold: int, nnunet_plans: str | None) -> dict:
-    """Epochs per tool for ``--budget_minutes``, from a 2-epoch run of each alone (recorded, then reused)."""
-    budget = results.get("budget")
-    if budget and not args.recalibrate:
-        return budget
-    iters_cal = 10
-    cal = args.work / "calibration"
-    shutil.rmtree(cal, ignore_errors=True)
-    budget_s = 60 * args.budget_minutes
-    out = {"budget_minutes": args.budget_minutes, "iters_per_epoch": args.iters_per_epoch, "threads": args.threads,
-           "measured": now_utc()}
-    env = smitunet_env(args, "calibration/smitunet")
+def _calibrate_smitunet(args, name: str, cmd_extra: list, fold: int, budget_s: float, iters_cal: int) -> tuple[dict, int]:
+    folder = args.work / "calibration" / name
+    shutil.rmtree(folder, ignore_errors=True)
     start = time.time()
-    run_now("calibrate_smitunet", ["smitunet_train", args.dataset_id, "3d_fullres", fold, "--epochs", 2,
-                                   "--iters_per_epoch", iters_cal, "--num_workers", args.workers, "--device",
-                                   args.device, "--disable_tta"], env, args.work / "logs" / "calibrate_smitunet.log")
-    rows = json.loads(next((cal / "smitunet").rglob("metrics.json")).read_text())
-    smit = {"train_s_per_iter": _steady([r["train_time"] / iters_cal for r in rows]),
-            "epoch_overhead_s": _steady([r["epoch_time"] - r["train_time"] for r in rows]),
-            "startup_s": 0.0, "wall_s": time.time() - start}
-    out["smitunet"] = smit
-    out["smitunet_epochs"] = budget_epochs(smit, iters_cal, args.iters_per_epoch, budget_s)
-    if nnunet_plans is not None:
-        result = cal / "nnunet.json"
+    run_now(f"calibrate_{name}", ["smitunet_train", args.dataset_id, "3d_fullres", fold, "--epochs", 2,
+                                  "--iters_per_epoch", iters_cal, "--num_workers", args.workers, "--device",
+                                  args.device, "--disable_tta", *cmd_extra], smitunet_env(args, f"calibration/{name}"),
+            args.work / "logs" / f"calibrate_{name}.log")
+    rows = json.loads(next(folder.rglob("metrics.json")).read_text())
+    measured = {"train_s_per_iter": _steady([r["train_time"] / iters_cal for r in rows]),
+                "epoch_overhead_s": _steady([r["epoch_time"] - r["train_time"] for r in rows]),
+                "startup_s": 0.0, "wall_s": time.time() - start}
+    return measured, budget_epochs(measured, iters_cal, args.iters_per_epoch, budget_s)
+
+
+def calibrate(args, results: dict, fold: int, nnunet_plans: str | None, semi: tuple[int, Path] | None = None) -> dict:
+    """Epochs per tool (and for the semi-supervised trainer, whose step costs more) for ``--budget_minutes``, from a
+    2-epoch run of each alone; recorded in the results file and reused, a missing entry measured when first needed."""
+    budget = {} if args.recalibrate else dict(results.get("budget") or {})
+    budget_s = 60 * args.budget_minutes
+    iters_cal = 10
+    if "smitunet_epochs" not in budget:
+        budget.update(budget_minutes=args.budget_minutes, iters_per_epoch=args.iters_per_epoch, threads=args.threads,
+                      measured=now_utc())
+        budget["smitunet"], budget["smitunet_epochs"] = _calibrate_smitunet(args, "smitunet", [], fold, budget_s,
+                                                                            iters_cal)
+    if nnunet_plans is not None and "nnunet_epochs" not in budget:
+        result = args.work / "calibration" / "nnunet.json"
+        result.parent.mkdir(parents=True, exist_ok=True)
         env = nnunet_env(args, "calibration/nnunet")
         run_now("calibrate_nnunet", [nn.venv_python(), Path(__file__).resolve().parent / "_nnunet_driver.py",
                                      "--dataset", args.name, "--plans", nnunet_plans, "--fold", fold, "--epochs", 2,
@@ -263,18 +274,24 @@ def calibrate(args, results: dict, fold: int, nnunet_plans: str | None) -> dict:
         epochs = json.loads(result.read_text())["epochs"]
         nnu = {"train_s_per_iter": _steady([e["train_s"] / e["iters"] for e in epochs]),
                "epoch_overhead_s": _steady([e["epoch_s"] - e["train_s"] for e in epochs]), "startup_s": 0.0}
-        out["nnunet"] = nnu
-        out["nnunet_epochs"] = budget_epochs(nnu, iters_cal, args.iters_per_epoch, budget_s)
-    results["budget"] = out
-    return out
+        budget["nnunet"], budget["nnunet_epochs"] = nnu, budget_epochs(nnu, iters_cal, args.iters_per_epoch, budget_s)
+    if semi is not None and "semi_epochs" not in budget:
+        semi_fold, labelled_file = semi
+        budget["semi"], budget["semi_epochs"] = _calibrate_smitunet(
+            args, "semi", ["-tr", "SMITSemiSupervisedTrainer", "--labelled_cases", labelled_file], semi_fold, budget_s,
+            iters_cal)
+    results["budget"] = budget
+    return budget
 
 
 # -- fine-tuning runs -------------------------------------------------------------------------------------------
 def smitunet_job(args, row: str, labelled: int, seed: int, fold: int, budget: dict) -> Job:
     method, trainer = SMITUNET_ROWS[row]
+    epochs = budget["semi_epochs" if row in SEMI_ROWS else "smitunet_epochs"]
     cmd = ["smitunet_train", args.dataset_id, "3d_fullres", fold, "-tr", PLUGIN_TRAINERS.get(trainer, trainer),
-           "--epochs", budget["smitunet_epochs"], "--iters_per_epoch", args.iters_per_epoch, "--num_workers",
+           "--epochs", epochs, "--iters_per_epoch", args.iters_per_epoch, "--num_workers",
            args.workers, "--seed", seed, "--device", args.device]
+    cmd += ["--labelled_cases", labelled_file(args, labelled)] if row in SEMI_ROWS else []
     cmd += [] if args.tta else ["--disable_tta"]
     cmd += ["--pretrained", args.work / f"smit_{method}.pt"] if method else []
     key = report.run_key(row, labelled, seed)
@@ -297,14 +314,19 @@ def nnunet_job(args, labelled: int, seed: int, fold: int, budget: dict, plans: s
     return job
 
 
+def labelled_file(args, labelled: int) -> Path:
+    return args.work / f"labelled_L{labelled}.txt"
+
+
 def finished_on_disk(job: Job, budget: dict) -> bool:
     """A run whose training and validation ended before this invocation recorded it (killed harness, or a run
     started by hand with the same command): it is collected instead of trained again."""
     if hasattr(job, "result_json"):
         return job.result_json.is_file()
     metrics = job.fold_dir / "metrics.json"
+    epochs = int(job.cmd[job.cmd.index("--epochs") + 1])
     return ((job.fold_dir / "validation" / "summary.json").is_file() and metrics.is_file()
-            and len(json.loads(metrics.read_text())) >= budget["smitunet_epochs"])
+            and len(json.loads(metrics.read_text())) >= epochs)
 
 
 def collect_smitunet(job: Job, seconds: float) -> dict:
@@ -395,12 +417,15 @@ def main(argv=None) -> None:
                        for p in (raw / "labelsTr").iterdir() if not p.name.startswith("."))
     order, source_order = data.case_order(raw, all_cases, args.split_seed)
     pool = len(order) - args.num_eval
-    wanted = sorted(set(args.labelled) | ({pool} if "upper" in args.rows else set()))
+    wanted = sorted(set(args.labelled) | ({pool} if {"upper", *SEMI_ROWS} & set(args.rows) else set()))
     evaluation, subsets = data.select(order, wanted, args.num_eval)
     plan_smitunet(args)
     nnunet_plans = plan_nnunet(args) if "nnunet" in args.rows else None
     folds = write_splits(args, evaluation, subsets)
-    budget = calibrate(args, results, folds[min(args.labelled)], nnunet_plans)
+    for n, cases in subsets.items():  # the semi-supervised rows' labelled subsets (their fold trains on the pool)
+        labelled_file(args, n).write_text("\n".join(cases) + "\n")
+    semi = (folds[pool], labelled_file(args, min(args.labelled))) if set(args.rows) & set(SEMI_ROWS) else None
+    budget = calibrate(args, results, folds[min(args.labelled)], nnunet_plans, semi)
     if nnunet_plans is not None and "nnunet_epochs" not in budget:
         sys.exit("error: the recorded budget has no nnU-Net calibration; rerun with --recalibrate")
     results["description"] = describe(args, source_order, evaluation, subsets, pool, budget)
@@ -428,7 +453,8 @@ def main(argv=None) -> None:
                 if row == "nnunet":
                     job = nnunet_job(args, labelled, seed, folds[labelled], budget, nnunet_plans)
                 else:
-                    job = smitunet_job(args, row, labelled, seed, folds[labelled], budget)
+                    job = smitunet_job(args, row, labelled, seed, folds[pool if row in SEMI_ROWS else labelled],
+                                       budget)
                 if finished_on_disk(job, budget):  # trained before this invocation, not yet recorded
                     record(job, None)
                     continue
