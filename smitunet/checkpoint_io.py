@@ -39,3 +39,26 @@ def save_checkpoint(obj: Any, path: str | Path) -> None:
     """Save atomically; ``obj`` must hold only tensors and plain Python containers/primitives."""
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(obj, tmp)
+
+
+TRAINING_CHECKPOINT_VERSION = 1
+TRAINING_CHECKPOINT_KEYS = ("network", "state_dict", "plans", "configuration", "epoch")
+
+
+def load_training_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """A smitunet training checkpoint (``kind: training``), validated: one line naming the file when it is another
+    kind of file, lacks a field, or comes from a newer smitunet (older versions load as they are: none exist yet)."""
+    path = Path(path)
+    ckpt = load_checkpoint(path, map_location)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "smitunet" or ckpt.get("kind") != "training":
+        raise SmitunetError(f"{path}: not a smitunet training checkpoint")
+    missing = [k for k in TRAINING_CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise SmitunetError(f"{path}: not a complete smitunet training checkpoint (missing {', '.join(missing)})")
+    version = ckpt.get("version")
+    if not isinstance(version, int) or version > TRAINING_CHECKPOINT_VERSION:
+        raise SmitunetError(f"{path}: training checkpoint version {version!r} is newer than this smitunet reads "
+                            f"({TRAINING_CHECKPOINT_VERSION}); update smitunet")
+    if not isinstance(ckpt["network"], dict) or not {"name", "kwargs"} <= set(ckpt["network"]):
+        raise SmitunetError(f"{path}: its network entry lacks name/kwargs")
+    return ckpt

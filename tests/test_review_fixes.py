@@ -195,3 +195,21 @@ def test_plugin_architecture_is_rebuilt_by_prediction_from_its_recorded_builder(
                          text=True, cwd=REPO_ROOT, timeout=300)
     assert run.returncode == 2 and "smitunet_example_trainers.networks:build_two_conv cannot be imported" in run.stderr
     assert "Traceback" not in run.stderr and not (tmp_path / "out2").exists()
+
+
+def test_one_training_checkpoint_validator_with_a_version_check(tmp_path):
+    from smitunet.checkpoint_io import load_training_checkpoint
+    from smitunet.errors import SmitunetError
+    from smitunet.inference.predictor import FoldEnsemble
+
+    good = {"format": "smitunet", "kind": "training", "version": 1, "network": {"name": "smit_tiny", "kwargs": {}},
+            "state_dict": {}, "plans": {}, "configuration": "3d_fullres", "epoch": 1}
+    cases = {"newer.pt": ({**good, "version": 99}, "version 99 is newer than this smitunet reads"),
+             "pretraining.pt": ({"format": "smitunet", "kind": "pretraining", "encoder": {}},
+                                "not a smitunet training checkpoint"),
+             "partial.pt": ({k: v for k, v in good.items() if k != "plans"}, "missing plans")}
+    for name, (content, message) in cases.items():
+        torch.save(content, tmp_path / name)
+        for load in (load_training_checkpoint, lambda p: FoldEnsemble([p], torch.device("cpu"))):
+            with pytest.raises(SmitunetError, match=message):
+                load(tmp_path / name)

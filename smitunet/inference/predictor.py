@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from smitunet.checkpoint_io import load_checkpoint
+from smitunet.checkpoint_io import load_training_checkpoint
 from smitunet.errors import SmitunetError
 from smitunet.postprocessing import apply_postprocessing, load_postprocessing
 from smitunet.imageio import Geometry, read_channels, write_image
@@ -72,7 +72,7 @@ class FoldEnsemble:
         self.device = device
         self.state_dicts, reference = [], None
         for path in checkpoint_files:
-            ckpt = _load_training_checkpoint(path)
+            ckpt = load_training_checkpoint(path)
             if reference is None:
                 reference = ckpt
                 self.plans = Plans.from_dict(ckpt["plans"], source=f"{path} (plans)")
@@ -122,14 +122,6 @@ class FoldEnsemble:
         needed = 2 * self.num_classes * int(np.prod(spatial)) * 4
         free, _ = torch.cuda.mem_get_info(self.device)
         return self.device if needed < 0.5 * free else torch.device("cpu")
-
-
-def _load_training_checkpoint(path: Path) -> dict:
-    ckpt = load_checkpoint(path)
-    missing = [k for k in ("network", "state_dict", "plans", "configuration") if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing or ckpt.get("format") != "smitunet":
-        raise SmitunetError(f"{path}: not a smitunet training checkpoint (missing {', '.join(missing) or 'format'})")
-    return ckpt
 
 
 def _softmax_inplace(logits: torch.Tensor, slab: int = 16) -> None:

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smitunet.checkpoint_io import load_checkpoint, save_checkpoint
-from smitunet.errors import SmitunetError
+from smitunet.checkpoint_io import TRAINING_CHECKPOINT_VERSION, load_training_checkpoint, save_checkpoint
 
 CHECKPOINT_NAMES = ("checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt")
 
@@ -51,7 +50,7 @@ def build_training_checkpoint(*, network_config, state_dict, optimizer, schedule
     if network_builder is not None:  # a plug-in architecture: prediction imports it to rebuild the network
         network["builder"] = network_builder
     return {
-        "format": "smitunet", "kind": "training", "version": 1,
+        "format": "smitunet", "kind": "training", "version": TRAINING_CHECKPOINT_VERSION,
         "network": network,
         "state_dict": state_dict,
         "optimizer": optimizer.state_dict(),
@@ -73,13 +72,6 @@ def build_training_checkpoint(*, network_config, state_dict, optimizer, schedule
 
 def save_training_checkpoint(checkpoint: dict, path: Path) -> None:
     save_checkpoint(checkpoint, path)
-
-
-def load_training_checkpoint(path: Path) -> dict:
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != "training" or "state_dict" not in ckpt:
-        raise SmitunetError(f"{path}: not a smitunet training checkpoint")
-    return ckpt
 
 
 def checkpoint_to_resume(fold_dir: Path) -> Path | None:
