@@ -14,6 +14,7 @@ RSS, once without resampling (argmax path) and once with resampling back to an a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import shutil
@@ -143,7 +144,8 @@ def big_child(args) -> None:
     # the pipeline's memory is what is measured: a minimal conv network keeps the 2-core run short
     kwargs = resolve_kwargs("conv_unet", 1, 3, [64, 128, 128], base_features=4, max_features=16, num_stages=2,
                             n_conv_per_stage=1)
-    plans.configurations["3d_fullres"].network = NetworkConfig("conv_unet", kwargs)
+    plans.configurations["3d_fullres"] = dataclasses.replace(plans.configurations["3d_fullres"],
+                                                             network=NetworkConfig("conv_unet", kwargs))
     model_dir = save_tiny_model(work / "results", plans)
     spacing_xyz = (1.0, 1.0, 1.0) if not args.resample else (0.8, 0.8, 1.5)
     geo = Geometry(spacing_xyz, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (512, 512, 300))

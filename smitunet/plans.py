@@ -1,7 +1,9 @@
 """Plans: the single contract between planning, preprocessing, training and prediction.
 
-A typed, versioned object saved as plain JSON that a user may edit; ``Plans.load`` validates it and
-reports problems in one line naming the file and the field.
+A typed, versioned, frozen object saved as plain JSON that a user may edit; ``Plans.load`` validates it (the
+network's kwargs included, by the network registry's own rules) and reports problems in one line naming the file
+and the field. A plans file of another version fails with one line saying what to re-run. To change a loaded plan,
+make a new one (``dataclasses.replace``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ PLANS_VERSION = 1
 DEFAULT_PLANS_NAME = "smitunetPlans"
 
 
-@dataclass
+@dataclass(frozen=True)
 class NetworkConfig:
     """Everything needed to build the network: ``create_network(name, **kwargs)``.
 
@@ -29,7 +31,7 @@ class NetworkConfig:
     kwargs: dict[str, Any]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConfigurationPlan:
     data_identifier: str                    # folder under the dataset's preprocessed folder
     spacing: list[float]                    # target spacing, (z, y, x) in mm
@@ -46,7 +48,7 @@ class ConfigurationPlan:
     previous_stage: str | None = None       # 3d_lowres -> 3d_fullres cascades are not built yet
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plans:
     dataset_name: str
     plans_name: str
@@ -107,6 +109,7 @@ class Plans:
             except TypeError as exc:
                 raise SmitunetError(f"{source}: {where[:-1]}: {exc}") from None
             _validate_configuration(cp, len(need(d, "channel_names", "")), f"{source}: {where[:-1]}")
+            _validate_network(cp, f"{source}: {where[:-1]}")
             configs[cname] = cp
         fields = {k: v for k, v in d.items() if k != "configurations"}
         try:
@@ -130,6 +133,22 @@ class Plans:
         except ValueError as exc:
             raise SmitunetError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_dict(d, source=str(path))
+
+
+def _validate_network(config: ConfigurationPlan, where: str) -> None:
+    """The registry's checks (known preset and settings, strides, divisibility, heads) on the stored kwargs (the
+    configuration's patch where the kwargs have none)."""
+    from smitunet.networks.registry import resolve_kwargs  # lazy: torch only when plans are loaded
+
+    network = config.network
+    kwargs = dict(network.kwargs)
+    try:
+        resolve_kwargs(network.name, kwargs.pop("in_channels", 1), kwargs.pop("num_classes", 2),
+                       kwargs.pop("patch_size", config.patch_size), **kwargs)
+    except SmitunetError as exc:
+        raise SmitunetError(f"{where}.network: {exc}") from None
+    except TypeError as exc:
+        raise SmitunetError(f"{where}.network: {exc}") from None
 
 
 def _validate_configuration(c: ConfigurationPlan, num_channels: int, where: str) -> None:

@@ -49,3 +49,18 @@ def test_missing_or_broken_file(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(SmitunetError, match="not valid JSON"):
         Plans.load(tmp_path / "bad.json")
+
+
+def test_plans_are_frozen_and_network_kwargs_are_validated_on_load(plans_file):
+    import dataclasses
+
+    plans = Plans.load(plans_file)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plans.configuration("3d_fullres").spacing = [2.0, 2.0, 2.0]
+    d = json.loads(plans_file.read_text())
+    d["configurations"]["3d_fullres"]["network"]["kwargs"]["num_heads"] = [5, 5, 5, 5]
+    plans_file.write_text(json.dumps(d))
+    with pytest.raises(SmitunetError) as exc:
+        Plans.load(plans_file)
+    assert "3d_fullres.network: network smit_tiny: stage 0 width 12 is not divisible by num_heads 5" in str(exc.value)
+    assert str(plans_file) in str(exc.value) and "\n" not in str(exc.value)

@@ -16,7 +16,7 @@ from smitunet.preprocessing.resampling import resample_data, resample_seg, separ
 def make_plans(spacing, normalization=("ZScore",), use_mask=(False,), intensities=None, labels=3) -> Plans:
     cfg = ConfigurationPlan(data_identifier="p_3d_fullres", spacing=list(spacing), patch_size=[16, 16, 16],
                             batch_size=2, median_image_shape=[20, 20, 20], normalization=list(normalization),
-                            use_mask_for_norm=list(use_mask), network=NetworkConfig("smit_tiny", {}))
+                            use_mask_for_norm=list(use_mask), network=NetworkConfig("smit_tiny", {"num_stages": 3}))
     return Plans(dataset_name="Dataset001_T", plans_name="p",
                  channel_names={str(i): "MRI" for i in range(len(normalization))},
                  labels={"background": 0, **{f"c{k}": k for k in range(1, labels)}}, file_ending=".nii.gz",

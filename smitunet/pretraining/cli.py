@@ -4,6 +4,7 @@ torchrun). Writes ``smit.pt`` for ``smitunet_train --pretrained``."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from smitunet.errors import SmitunetError, cli_entry
@@ -93,8 +94,9 @@ def prepare(args):
     if args.plans is not None:
         plans = Plans.load(args.plans)
         preset, patch, overrides = _network_from_plans(args, plans)
-        if args.spacing:
-            plans.configuration(args.configuration).spacing = list(args.spacing)
+        if args.spacing:  # plans are frozen: a copy whose configuration has the asked spacing
+            cfg = dataclasses.replace(plans.configuration(args.configuration), spacing=list(args.spacing))
+            plans = dataclasses.replace(plans, configurations={**plans.configurations, args.configuration: cfg})
         return plans, args.configuration, preset, patch, overrides
     preset = args.preset or "smit_small"
     if not is_swin(preset):
