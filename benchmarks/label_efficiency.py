@@ -127,7 +127,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 # -- environments ---------------------------------------------------------------------------------------------
 def smitunet_env(args, results: str | None = None, threads: int | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    path = [str(Path(__file__).resolve().parent), env.get("PYTHONPATH", "")]
+    # This checkout's smitunet first (before any installed copy): a long protocol can run from a frozen worktree
+    # while development goes on, and every row of it trains with the same code.
+    path = [str(Path(__file__).resolve().parent), str(REPO), env.get("PYTHONPATH", "")]
     threads = str(threads or args.threads)
     env.update(smitunet_raw=str(args.work / "raw"), smitunet_preprocessed=str(args.work / "preprocessed"),
                smitunet_results=str(args.work / (results or "results")), OMP_NUM_THREADS=threads,
