@@ -43,3 +43,34 @@ def test_estimate_grows_with_batch_and_patch_and_amp_is_smaller():
     # the conv baseline is estimated from the same plan kwargs
     conv = NetworkConfig("conv_unet", resolve_kwargs("conv_unet", 1, 3, [64, 64, 64]))
     assert estimate_training_memory_bytes(conv, 2) > 0
+
+
+@pytest.mark.parametrize("preset,patch,strides", [
+    ("smit_tiny", [40, 56, 40], [[2, 2, 2], [2, 2, 2], [2, 2, 2]]),
+    ("smit_small", [32, 32, 32], [[2, 2, 2], [2, 2, 2], [2, 2, 2]]),
+])
+def test_adamw_estimate_within_30_percent_of_a_measured_adamw_step(preset, patch, strides):
+    """What SMITTrainer runs: AdamW (two state copies). Two presets, measured on the CPU in float32."""
+    kwargs = resolve_kwargs(preset, 1, 3, patch, num_stages=len(strides) - 1, strides=strides, deep_supervision=True)
+    estimate = estimate_training_memory_bytes(NetworkConfig(preset, kwargs), 2, optimizer="adamw")
+    torch.manual_seed(0)
+    measured = measure_training_peak_bytes(create_network(preset, **kwargs), torch.randn(2, 1, *patch),
+                                           optimizer="adamw")
+    assert 0.7 <= estimate / measured <= 1.3, (estimate, measured)
+
+
+def test_planner_estimates_the_step_that_runs_on_the_gpu(monkeypatch):
+    """The memory target is a GPU's: float16 autocast, and AdamW for Swin networks, SGD for the conv baseline."""
+    import smitunet.networks.memory as memory
+    from smitunet.preprocessing import planner
+
+    calls = []
+    real = memory.estimate_training_memory_bytes
+    monkeypatch.setattr(memory, "estimate_training_memory_bytes",
+                        lambda cfg, batch, optimizer="sgd", amp=False: calls.append((cfg.name, optimizer, amp))
+                        or real(cfg, batch, optimizer, amp))
+    swin = NetworkConfig("smit_tiny", resolve_kwargs("smit_tiny", 1, 3, [32, 32, 32]))
+    conv = NetworkConfig("conv_unet", resolve_kwargs("conv_unet", 1, 3, [64, 64, 64]))
+    planner._estimate_memory(swin, 2)
+    planner._estimate_memory(conv, 2)
+    assert calls == [("smit_tiny", "adamw", True), ("conv_unet", "sgd", True)]

@@ -37,9 +37,13 @@ def _get_preset(name: str) -> dict[str, Any]:
 
 
 def _estimate_memory(network: NetworkConfig, batch_size: int) -> int:
+    """What a training step on the GPU the memory target describes runs: float16 autocast, and the optimiser of the
+    trainer that trains this network (AdamW for the Swin presets, SGD for the convolutional baseline)."""
     from smitunet.networks.memory import estimate_training_memory_bytes
+    from smitunet.networks.registry import is_swin
 
-    return int(estimate_training_memory_bytes(network, batch_size))
+    optimizer = "adamw" if is_swin(network.name) else "sgd"
+    return int(estimate_training_memory_bytes(network, batch_size, optimizer=optimizer, amp=True))
 
 
 # ---------------------------------------------------------------------------------------------------------
