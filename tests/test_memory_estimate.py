@@ -69,7 +69,7 @@ def test_planner_estimates_the_step_that_runs_on_the_gpu(monkeypatch):
     monkeypatch.setattr(memory, "estimate_training_memory_bytes",
                         lambda cfg, batch, optimizer="sgd", amp=False: calls.append((cfg.name, optimizer, amp))
                         or real(cfg, batch, optimizer, amp))
-    swin = NetworkConfig("smit_tiny", resolve_kwargs("smit_tiny", 1, 3, [32, 32, 32]))
+    swin = NetworkConfig("smit_tiny", resolve_kwargs("smit_tiny", 1, 3, [64, 64, 64]))
     conv = NetworkConfig("conv_unet", resolve_kwargs("conv_unet", 1, 3, [64, 64, 64]))
     planner._estimate_memory(swin, 2)
     planner._estimate_memory(conv, 2)
