@@ -1,16 +1,14 @@
-"""Shared test fixtures: isolated smitunet folders per test and the optional ../shared data."""
+"""Shared test fixtures only (isolated smitunet folders per test, thread limits, the example plug-in on the path);
+helpers live in ``support``."""
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-PLUGIN_DIR = Path(__file__).parent / "plugin_trainer_example"
+from support.paths import PLUGIN_DIR
 
 
 @pytest.fixture(autouse=True)
@@ -34,14 +32,6 @@ def smitunet_dirs(tmp_path, monkeypatch):
         monkeypatch.setenv(f"smitunet_{kind}", str(d))
         dirs[kind] = d
     return dirs
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared/data, or skip the test cleanly when it is absent."""
-    p = SHARED_DATA.joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"../shared data not available: {p}")
-    return p
 
 
 @pytest.fixture

@@ -58,3 +58,15 @@ def test_the_check_sees_imports_inside_functions(tmp_path):
     probe = tmp_path / "m.py"
     probe.write_text("def f():\n    from smitunet.inference.predictor import Predictor\n")
     assert "smitunet.inference.predictor" in _imports(probe)
+
+
+def test_tests_import_shared_helpers_from_support_only():
+    """Helpers shared between tests live in tests/support; no test imports another test module or conftest."""
+    tests = PACKAGE.parent / "tests"
+    offenders = []
+    for path in sorted(tests.rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and (
+                    node.module.startswith(("test_", "tests.")) or node.module == "conftest"):
+                offenders.append(f"{path.relative_to(tests)}: from {node.module} import ...")
+    assert not offenders, "\n".join(offenders)

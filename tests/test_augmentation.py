@@ -10,7 +10,7 @@ from smitunet.training.augmentation import (AugmentationParams, rotation_angles,
                                             training_transforms)
 from smitunet.training.batches import BatchStream
 from smitunet.training.data import PatchLoader, PreprocessedCases, crop_with_padding
-from training_support import CONFIG, PATCH, make_preprocessed_dataset
+from support.training import CONFIG, PATCH, make_preprocessed_dataset
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from smitunet.errors import SmitunetError
 from smitunet.networks import create_network
 from smitunet.networks.checkpoint_adapter import adapt_checkpoint, load_pretrained, resize_bias_table
 from smitunet.networks.swin_blocks import relative_position_index
-from tests.conftest import shared_path
+from support.paths import shared_path
 
 PATCH = [32, 32, 32]
 

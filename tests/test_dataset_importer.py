@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from conftest import shared_path
+from support.paths import shared_path
 from smitunet.dataset.importer import create_raw_dataset
 from smitunet.dataset.raw import list_training_cases, load_dataset_json
 from smitunet.imageio import Geometry, read_image, write_image

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import shared_path
+from support.paths import shared_path
 from smitunet.dataset.msd import main as convert_main
 from smitunet.dataset.raw import list_test_cases, list_training_cases, load_dataset_json
 from smitunet.imageio import read_image

@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from smitunet.checkpoint_io import load_checkpoint
 from smitunet.training.cli import main as train_main
-from training_support import REPO_ROOT, cli_env, fold_dir, make_preprocessed_dataset
+from support.training import REPO_ROOT, cli_env, fold_dir, make_preprocessed_dataset
 
 PLUGIN_DIR = Path(__file__).parent / "plugin_trainer_example"
 # No augmentation: the batches are then a pure function of (seed, batch index, sample index), identical

@@ -14,8 +14,8 @@ from smitunet.imageio import read_image, write_image
 from smitunet.inference.cli import main as predict_main
 from smitunet.inference.predictor import PredictionOptions, Predictor
 from smitunet.utils.files import save_npz
-from test_best_configuration import GEO, NAME, _raw_dataset, _validation
-from test_predict_helpers import save_tiny_model, tiny_plans
+from support.crossval import GEO, NAME, raw_dataset as _raw_dataset, validation_predictions as _validation
+from support.prediction import save_tiny_model, tiny_plans
 
 
 def _weak_probabilities(ref, weak_label, stray=True):

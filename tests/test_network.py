@@ -11,7 +11,7 @@ from smitunet.errors import SmitunetError
 from smitunet.networks import create_network, get_preset
 from smitunet.networks.swin_blocks import PatchMerging, effective_window, relative_position_index
 from smitunet.preprocessing.planner import network_geometry
-from tests.conftest import shared_path
+from support.paths import shared_path
 
 # What the planner produces for the two real examples (checked below against network_geometry).
 HIPPOCAMPUS = ([40, 56, 40], [[2, 2, 2], [2, 2, 2], [2, 2, 2]])

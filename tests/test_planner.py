@@ -10,17 +10,7 @@ from smitunet.networks.registry import create_network
 from smitunet.plans import Plans
 from smitunet.preprocessing.planner import (axis_merges, network_geometry, plan_experiment, stage_layout,
                                             target_spacing)
-
-DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2},
-                "numTraining": 10, "file_ending": ".nii.gz"}
-
-
-def fingerprint(shape, spacing, n=10, relative=1.0):
-    stats = {"mean": 1.0, "median": 1.0, "std": 1.0, "min": 0.0, "max": 2.0, "percentile_00_5": 0.0,
-             "percentile_99_5": 2.0}
-    return {"spacings": [list(spacing)] * n, "shapes_after_crop": [list(shape)] * n,
-            "median_relative_size_after_cropping": relative,
-            "foreground_intensity_properties_per_channel": {"0": stats}}
+from support.planning import DATASET_JSON, fingerprint
 
 
 def total_strides(strides):

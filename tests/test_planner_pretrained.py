@@ -16,8 +16,8 @@ from smitunet.networks.registry import get_preset
 from smitunet.plans import Plans
 from smitunet.pretraining.export import save_pretrained
 from smitunet.preprocessing.planner import plan_experiment
-from conftest import shared_path
-from test_planner import DATASET_JSON, fingerprint
+from support.paths import shared_path
+from support.planning import DATASET_JSON, fingerprint
 
 LA = fingerprint([88, 142, 192], [0.625, 0.625, 0.625], n=20)   # Left Atrium: median shape, 0.625 mm
 

@@ -8,7 +8,7 @@ import pytest
 
 from smitunet.errors import SmitunetError
 from smitunet.plans import Plans
-from test_preprocessing import make_plans
+from support.planning import make_plans
 
 
 @pytest.fixture

@@ -3,21 +3,13 @@ import pytest
 import torch
 
 from smitunet.errors import SmitunetError
-from smitunet.imageio import Geometry, read_image, write_image
+from smitunet.imageio import Geometry, read_image
 from smitunet.inference.cli import main as predict_main
 from smitunet.inference.predictor import PredictionOptions, Predictor
-from smitunet.preprocessing.preprocessor import preprocess_case
-from test_predict_helpers import save_tiny_model, tiny_plans
+from support.prediction import save_tiny_model, tiny_plans
+from support.prediction import write_case as _write_case
 
 OBLIQUE = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
-
-
-def _write_case(folder, name, geo, channels=1, raw_naming=True, ending=".nii.gz", seed=0):
-    rng = np.random.default_rng(seed)
-    for c in range(channels):
-        arr = rng.normal(100, 30, geo.shape_zyx).astype(np.float32)
-        fname = f"{name}_{c:04d}{ending}" if raw_naming else f"{name}{ending}"
-        write_image(arr, geo, folder / fname)
 
 
 def _assert_same_geometry(pred_file, geo):

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from smitunet.imageio import Geometry, read_image, write_image
-from test_predict_helpers import save_tiny_model, tiny_plans
+from support.prediction import save_tiny_model, tiny_plans
 
 GEO = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (40, 40, 32))
 

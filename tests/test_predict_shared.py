@@ -1,12 +1,14 @@
 """Prediction on the real ../shared examples: DICOM series in, NIfTI out; many-class CT; exact geometry."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from conftest import shared_path
+from support.paths import shared_path
 from smitunet.imageio import read_image, read_sitk, Geometry
 from smitunet.inference.cli import main as predict_main
-from test_predict_helpers import save_tiny_model, tiny_plans
+from support.prediction import save_tiny_model, tiny_plans
 
 pytestmark = pytest.mark.shared
 
@@ -32,7 +34,7 @@ def test_many_class_ct_round_trips_geometry(smitunet_dirs, tmp_path):
     seg, _ = read_image(shared_path("ct_example", "example_seg.nii.gz"))
     values = [int(v) for v in np.unique(seg)]
     plans = tiny_plans(num_classes=len(values), spacing=(3.0, 3.0, 3.0), normalization="CT", patch=[16, 32, 32])
-    plans.labels = {"background": 0, **{f"organ{v}": v for v in values if v}}
+    plans = dataclasses.replace(plans, labels={"background": 0, **{f"organ{v}": v for v in values if v}})
     save_tiny_model(smitunet_dirs["results"], plans)
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "ct_0000.nii.gz").symlink_to(ct)

@@ -8,20 +8,9 @@ import numpy as np
 import pytest
 
 from smitunet.imageio import Geometry, read_image, write_image
-from smitunet.plans import ConfigurationPlan, NetworkConfig, Plans
 from smitunet.preprocessing.preprocessor import preprocess_case, restore_original_geometry
 from smitunet.preprocessing.resampling import resample_data, resample_seg, separate_axis
-
-
-def make_plans(spacing, normalization=("ZScore",), use_mask=(False,), intensities=None, labels=3) -> Plans:
-    cfg = ConfigurationPlan(data_identifier="p_3d_fullres", spacing=list(spacing), patch_size=[16, 16, 16],
-                            batch_size=2, median_image_shape=[20, 20, 20], normalization=list(normalization),
-                            use_mask_for_norm=list(use_mask), network=NetworkConfig("smit_tiny", {"num_stages": 3}))
-    return Plans(dataset_name="Dataset001_T", plans_name="p",
-                 channel_names={str(i): "MRI" for i in range(len(normalization))},
-                 labels={"background": 0, **{f"c{k}": k for k in range(1, labels)}}, file_ending=".nii.gz",
-                 original_median_spacing=list(spacing), original_median_shape=[20, 20, 20],
-                 foreground_intensity_properties=intensities or {}, configurations={"3d_fullres": cfg})
+from support.planning import make_plans
 
 
 def ellipsoid_case(shape=(30, 34, 28), spacing_xyz=(1.0, 1.0, 1.0)):
@@ -171,7 +160,7 @@ def test_boxed_label_resampling_equals_full_volume_one_hot_argmax():
 
 @pytest.mark.shared
 def test_real_hippocampus_label_round_trip(tmp_path):
-    from conftest import shared_path
+    from support.paths import shared_path
 
     folder = shared_path("Task04_Hippocampus")
     image, geo = read_image(folder / "imagesTr" / "hippocampus_003.nii.gz")

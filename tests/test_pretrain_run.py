@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shared_path
+from support.paths import shared_path
 from smitunet.checkpoint_io import load_checkpoint
 from smitunet.dataset.synthetic import generate_synthetic_dataset
 from smitunet.imageio import Geometry, write_image

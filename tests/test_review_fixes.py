@@ -45,7 +45,7 @@ def test_summary_files_are_strict_json(tmp_path):
 def test_fold_validation_summary_is_strict_json_when_a_structure_is_absent(tmp_path, smitunet_dirs):
     """A case without label 2, predicted without it: Dice and HD95 undefined (NaN in memory, null on disk)."""
     from smitunet.evaluation.fold_validation import validate_fold
-    from training_support import make_preprocessed_dataset, tiny_plans
+    from support.training import make_preprocessed_dataset, tiny_plans
 
     folder = make_preprocessed_dataset(smitunet_dirs["preprocessed"], num_cases=2)
     data = folder / "smitunetPlans_3d_fullres"
@@ -104,8 +104,8 @@ def test_demo_with_an_unwritable_work_dir_is_one_line(capsys):
 
 def test_prediction_settings_record_the_folds_used(smitunet_dirs, tmp_path):
     from smitunet.inference.cli import main as predict_main
-    from test_predict import _write_case
-    from test_predict_helpers import save_tiny_model, tiny_plans as predict_plans
+    from support.prediction import write_case as _write_case
+    from support.prediction import save_tiny_model, tiny_plans as predict_plans
 
     save_tiny_model(smitunet_dirs["results"], predict_plans(), folds=(0, 1))
     geo = Geometry((1.0, 1.0, 1.0), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (12, 10, 9))
@@ -118,7 +118,7 @@ def test_prediction_settings_record_the_folds_used(smitunet_dirs, tmp_path):
 def _partial_checkpoint(tmp_path):
     """Only the patch embedding and the first stage of the tiny network's encoder."""
     from smitunet.networks import create_network
-    from training_support import tiny_plans
+    from support.training import tiny_plans
 
     kwargs = tiny_plans().configuration("3d_fullres").network.kwargs
     torch.manual_seed(5)
@@ -133,7 +133,7 @@ def _partial_checkpoint(tmp_path):
 def test_accept_partial_pretrained_and_pretrained_branch_flags(smitunet_dirs, tmp_path, capsys):
     from smitunet.checkpoint_io import load_checkpoint
     from smitunet.training.cli import main as train_main
-    from training_support import fold_dir, make_preprocessed_dataset
+    from support.training import fold_dir, make_preprocessed_dataset
 
     make_preprocessed_dataset(smitunet_dirs["preprocessed"])
     partial, both, teacher, student = _partial_checkpoint(tmp_path)
@@ -172,8 +172,8 @@ def test_plugin_architecture_is_rebuilt_by_prediction_from_its_recorded_builder(
     from smitunet.checkpoint_io import load_checkpoint
     from smitunet.inference.cli import main as predict_main
     from smitunet.training.cli import main as train_main
-    from test_predict import _write_case
-    from training_support import REPO_ROOT, cli_env, fold_dir, make_preprocessed_dataset
+    from support.prediction import write_case as _write_case
+    from support.training import REPO_ROOT, cli_env, fold_dir, make_preprocessed_dataset
 
     make_preprocessed_dataset(smitunet_dirs["preprocessed"])
     base = ["901", "3d_fullres", "0", "--epochs", "1", "--iters_per_epoch", "1", "--num_workers", "0", "--disable_tta"]

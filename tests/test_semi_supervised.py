@@ -10,7 +10,7 @@ from smitunet.checkpoint_io import load_checkpoint
 from smitunet.training.cli import main as train_main
 from smitunet.training.semi_supervised import (SMITSemiSupervisedTrainer, copy_paste, cuboid_mask, ema_update,
                                                 rampup, weighted_dice_ce)
-from training_support import fold_dir, make_preprocessed_dataset
+from support.training import fold_dir, make_preprocessed_dataset
 
 SEMI = "SMITSemiSupervisedTrainer"
 

@@ -18,8 +18,8 @@ from smitunet.training.cli import main as train_main
 from smitunet.training.schedule import WarmupDecaySchedule
 from smitunet.training.trainer import SMITTrainer
 from smitunet.utils.files import load_json
-from test_trainer_registry import install_example_plugin
-from training_support import REPO_ROOT, cli_env, fold_dir, make_preprocessed_dataset
+from support.plugins import install_example_plugin
+from support.training import REPO_ROOT, cli_env, fold_dir, make_preprocessed_dataset
 
 PLUGIN_DIR = Path(__file__).parent / "plugin_trainer_example"
 HANGING = "smitunet_example_trainers.trainers:HangingTrainer"

@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from smitunet.training.trainer import SMITTrainer
-
 from smitunet.checkpoint_io import load_checkpoint
 from smitunet.dataset.synthetic import generate_synthetic_dataset
 from smitunet.imageio import read_image

@@ -13,7 +13,7 @@ from smitunet.pretraining.export import save_pretrained
 from smitunet.training.cli import main as train_main
 from smitunet.training.cli import build_parser, make_trainer
 from smitunet.training.trainer import SMITTrainer, encoder_depth
-from training_support import fold_dir, make_preprocessed_dataset, tiny_plans
+from support.training import fold_dir, make_preprocessed_dataset, tiny_plans
 
 ARGS = ["901", "3d_fullres", "0", "--epochs", "2", "--iters_per_epoch", "3", "--num_workers", "0", "--disable_tta"]
 

@@ -14,13 +14,13 @@ from smitunet.imageio import Geometry
 from smitunet.networks import get_preset
 from smitunet.plans import ConfigurationPlan, NetworkConfig, Plans
 from smitunet.utils.files import save_json, save_npy, save_npz
+from support.paths import REPO_ROOT
 
 DATASET = "Dataset901_TrainTiny"
 CONFIG = "3d_fullres"
 PATCH = [16, 16, 16]
 # Total stride 8 so a 16^3 patch keeps more than one voxel at the bottom of the U.
 STRIDES = [[2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 1, 1], [1, 1, 1]]
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_plans(batch_size: int = 2, network: str = "smit_tiny") -> Plans:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from smitunet.checkpoint_io import save_checkpoint
 from smitunet.networks.registry import resolve_kwargs
 from smitunet.networks import create_network
+from smitunet.imageio import write_image
 from smitunet.plans import ConfigurationPlan, NetworkConfig, Plans
 
 TINY_PATCH = [16, 16, 16]
@@ -49,3 +51,11 @@ def save_tiny_model(results_dir: Path, plans: Plans, folds=(0,), trainer="SMITTr
                 "dataset_json": {"labels": plans.labels, "channel_names": plans.channel_names}, "fold": fold}
         save_checkpoint(ckpt, model_dir / f"fold_{fold}" / "checkpoint_final.pt")
     return model_dir
+
+
+def write_case(folder, name, geo, channels=1, raw_naming=True, ending=".nii.gz", seed=0):
+    rng = np.random.default_rng(seed)
+    for c in range(channels):
+        arr = rng.normal(100, 30, geo.shape_zyx).astype(np.float32)
+        fname = f"{name}_{c:04d}{ending}" if raw_naming else f"{name}{ending}"
+        write_image(arr, geo, folder / fname)
