@@ -93,6 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split_seed", type=int, default=0, help="case order when the dataset has no case_order.txt")
     p.add_argument("--pretrain_on_all", action="store_true", help="also pretrain on the evaluation cases' images")
     p.add_argument("--preset", default="smit_small")
+    p.add_argument("--decoder", choices=("res", "light"), default=None, help="the Swin U-Net decoder planned")
     for name, kind in (("spacing", float), ("gpu_memory_target", float), ("nnunet_gpu_memory_target", float),
                        ("device", str), ("budget_minutes", float),
                        ("iters_per_epoch", int), ("threads", int), ("jobs", int), ("workers", int),
@@ -178,6 +179,7 @@ def plan_smitunet(args) -> None:
         return
     cmd = ["smitunet_plan_and_preprocess", "-d", args.dataset_id, "--preset", args.preset, "-c", "3d_fullres",
            "--gpu_memory_target", args.gpu_memory_target, "-np", max(2, args.jobs)]
+    cmd += ["--decoder", args.decoder] if args.decoder else []
     run_now("plan_and_preprocess", cmd + (["--spacing", *args.spacing] if args.spacing else []),
             smitunet_env(args, threads=args.pretrain_threads), args.work / "logs" / "plan_and_preprocess.log")
 

@@ -37,7 +37,7 @@ def plan_and_preprocess(datasets: Sequence[str | int], *, plans_name: str = DEFA
                         verify_dataset_integrity: bool = False, preprocess: bool = True,
                         use_existing_plans: bool = False, clean: bool = False,
                         spacing: Sequence[float] | None = None, pretrained: str | Path | None = None,
-                        monai_merge_order: str | None = None) -> list[Plans]:
+                        monai_merge_order: str | None = None, decoder: str | None = None) -> list[Plans]:
     """``smitunet_plan_and_preprocess``: integrity check, fingerprint, plans and (unless ``preprocess`` is False)
     the preprocessed cases of each dataset; returns their plans."""
     from smitunet.preprocessing.run import PlanOptions, run_dataset, summary
@@ -51,7 +51,8 @@ def plan_and_preprocess(datasets: Sequence[str | int], *, plans_name: str = DEFA
                             "--spacing or --pretrained")
     options = PlanOptions(plans_name=plans_name, preset=preset, gpu_memory_target=gpu_memory_target,
                           configurations=configurations, verify_dataset_integrity=verify_dataset_integrity,
-                          preprocess=preprocess, use_existing_plans=use_existing_plans, clean=clean, spacing=spacing)
+                          preprocess=preprocess, use_existing_plans=use_existing_plans, clean=clean, spacing=spacing,
+                          decoder=decoder)
     planned = []
     with CasePool(num_processes) as pool:  # before planning imports torch: workers stay lean
         if pretrained is not None:

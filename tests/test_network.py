@@ -155,3 +155,24 @@ def test_presets_and_factory_errors():
         create_network("smit_tiny", 1, 2, [32, 32, 32], num_heads=[5, 2, 2, 4])
     with pytest.raises(SmitunetError, match="strides"):
         create_network("smit_tiny", 1, 2, [32, 32, 32], num_stages=2, strides=[[2, 2, 2], [3, 2, 2], [2, 2, 2]])
+
+
+def test_light_decoder_projects_skips_and_plans_record_it():
+    from smitunet.networks.blocks import Projection
+    from smitunet.preprocessing.planner import plan_experiment
+    from support.planning import DATASET_JSON, fingerprint
+
+    kwargs = dict(num_stages=2, strides=[[2, 2, 2], [2, 2, 2], [2, 2, 2]], deep_supervision=True)
+    light = create_network("smit_tiny", 1, 3, [32, 32, 32], decoder="light", **kwargs)
+    res = create_network("smit_tiny", 1, 3, [32, 32, 32], **kwargs)
+    assert isinstance(light.input_block, Projection) and all(isinstance(b, Projection) for b in light.skip_blocks)
+    assert all(m.kernel_size == (1, 1, 1) for b in light.skip_blocks for m in b.modules() if isinstance(m, torch.nn.Conv3d))
+    assert sum(p.numel() for p in light.parameters()) < sum(p.numel() for p in res.parameters())
+    outputs = light(torch.randn(1, 1, 32, 32, 32))
+    assert [tuple(o.shape) for o in outputs][0] == (1, 3, 32, 32, 32)
+    # the encoder is the same: SMIT checkpoints load into either decoder
+    assert light.encoder.state_dict().keys() == res.encoder.state_dict().keys()
+    plans = plan_experiment("D", DATASET_JSON, fingerprint([36, 50, 35], [1, 1, 1]), preset="smit_tiny", decoder="light")
+    assert plans.configuration("3d_fullres").network.kwargs["decoder"] == "light"
+    with pytest.raises(SmitunetError, match="decoder must be 'res' or 'light'"):
+        create_network("smit_tiny", 1, 3, [32, 32, 32], decoder="heavy", **kwargs)

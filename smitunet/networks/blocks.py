@@ -45,6 +45,14 @@ class ResBlock(nn.Module):
         return self.act(y + residual)
 
 
+class Projection(nn.Sequential):
+    """1x1 convolution, norm, activation: carries a feature to the decoder's width without processing it."""
+
+    def __init__(self, in_ch: int, out_ch: int, norm: str):
+        super().__init__(nn.Conv3d(in_ch, out_ch, 1, bias=False), norm_layer(norm, out_ch),
+                         nn.LeakyReLU(0.01, inplace=True))
+
+
 class UpBlock(nn.Module):
     """Transposed conv by the per-axis stride, concatenate the skip, residual block."""
 

@@ -146,6 +146,8 @@ def _validate_swin(where: str, kw: dict[str, Any]) -> None:
     stages, depths, heads = kw["num_stages"], kw["depths"], kw["num_heads"]
     if not 1 <= stages <= len(depths) or len(heads) != len(depths):
         raise SmitunetError(f"{where}: num_stages {stages} must be 1..{len(depths)} and num_heads match depths")
+    if kw.get("decoder", "res") not in ("res", "light"):
+        raise SmitunetError(f"{where}: decoder must be 'res' or 'light', got {kw['decoder']!r}")
     if kw.get("merge_order", "smit") not in ("smit", "monai_legacy"):
         raise SmitunetError(f"{where}: merge_order must be 'smit' or 'monai_legacy', got {kw['merge_order']!r}")
     for i in range(stages):

@@ -15,8 +15,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from smitunet.networks.blocks import ResBlock, UpBlock, cumulative_strides
+from smitunet.networks.blocks import Projection, ResBlock, UpBlock, cumulative_strides
 from smitunet.networks.swin_encoder import SmitSwinEncoder
+
+
+DECODERS = ("res", "light")
 
 
 class SmitUNet(nn.Module):
@@ -24,7 +27,8 @@ class SmitUNet(nn.Module):
                  depths: Sequence[int], num_heads: Sequence[int], window_size: int | Sequence[int],
                  qkv_bias: bool, num_stages: int, strides: Sequence[Sequence[int]], feature_size: int,
                  norm: str = "instance", deep_supervision: bool = False, patch_norm: bool = True,
-                 mlp_ratio: float = 4.0, drop_path_rate: float = 0.0, merge_order: str = "smit"):
+                 mlp_ratio: float = 4.0, drop_path_rate: float = 0.0, merge_order: str = "smit",
+                 decoder: str = "res"):
         super().__init__()
         self.patch_size = [int(p) for p in patch_size]
         self.strides = [[int(s) for s in st] for st in strides]
@@ -35,10 +39,15 @@ class SmitUNet(nn.Module):
                                        merge_order)
         widths = [feature_size] + [feature_size * 2 ** k for k in range(num_stages + 1)]
         enc_channels = self.encoder.channels
-        self.input_block = ResBlock(in_channels, widths[0], norm)
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+        # "res": residual blocks on the raw input (a full-resolution stem) and on every encoder feature, as UNETR;
+        # "light": the stem and the skips are 1x1 projections, so the encoder's features carry the representation
+        # and the decoder only merges them (fewer full-resolution convolutions, too).
+        skip = ResBlock if decoder == "res" else Projection
+        self.input_block = skip(in_channels, widths[0], norm)
         # skip_blocks[k] maps encoder feature k to decoder level k+1 (the last one is the bottleneck).
-        self.skip_blocks = nn.ModuleList(ResBlock(enc_channels[k], widths[k + 1], norm)
-                                         for k in range(num_stages + 1))
+        self.skip_blocks = nn.ModuleList(skip(enc_channels[k], widths[k + 1], norm) for k in range(num_stages + 1))
         # up_blocks[k] brings level k+1 to level k.
         self.up_blocks = nn.ModuleList(UpBlock(widths[k + 1], widths[k], self.strides[k], norm)
                                        for k in range(num_stages + 1))

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plan the network a pretrained checkpoint fits: embed dim, depths, heads and window from "
                         "it (official SMIT, MONAI SwinUNETR or smitunet_pretrain output, which also sets spacing, "
                         "normalisation and patch), keeping every Swin stage it holds where the data allows")
+    p.add_argument("--decoder", choices=("res", "light"), default=None,
+                   help="Swin U-Net decoder: res (residual blocks on the input and on every encoder feature, the "
+                        "default) or light (1x1 projections: the encoder carries the representation; faster)")
     p.add_argument("--monai_merge_order", choices=("legacy", "merging", "mergingv2"), default=None,
                    help="with --pretrained: the patch-merging order a MONAI checkpoint was trained with (default: "
                         "legacy for the self-supervised model_swinvit.pt, merging for a SwinUNETR model)")
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
                             gpu_memory_target=args.gpu_memory_target, configurations=args.c, num_processes=args.np,
                             verify_dataset_integrity=args.verify_dataset_integrity, preprocess=not args.no_pp,
                             use_existing_plans=args.use_existing_plans, clean=args.clean, spacing=args.spacing,
-                            pretrained=args.pretrained, monai_merge_order=args.monai_merge_order)
+                            pretrained=args.pretrained, monai_merge_order=args.monai_merge_order,
+                            decoder=args.decoder)
 
 
 if __name__ == "__main__":

@@ -274,7 +274,8 @@ def _pretrained_geometry(architecture, spacing_overridden: bool) -> dict | None:
 
 def plan_experiment(dataset_name: str, dataset_json: dict, fingerprint: dict, *, preset: str = DEFAULT_PRESET,
                     plans_name: str = DEFAULT_PLANS_NAME, gpu_memory_target_gb: float = DEFAULT_GPU_MEMORY_GB,
-                    target_spacing_override: Sequence[float] | None = None, pretrained=None) -> Plans:
+                    target_spacing_override: Sequence[float] | None = None, pretrained=None,
+                    decoder: str | None = None) -> Plans:
     """Make the plans for a dataset from its fingerprint (pure: writes nothing).
 
     ``target_spacing_override``: the 3d_fullres spacing (z, y, x), as nnU-Net's ``-overwrite_target_spacing``.
@@ -290,6 +291,8 @@ def plan_experiment(dataset_name: str, dataset_json: dict, fingerprint: dict, *,
         preset_kwargs = _get_preset(preset)
     else:
         preset, preset_kwargs = pretrained_preset(preset, pretrained)
+    if decoder is not None:  # the Swin U-Net's decoder: "res" (default) or "light" (1x1 skips, no stem)
+        preset_kwargs["decoder"] = decoder
     channels = {str(k): v for k, v in dataset_json["channel_names"].items()}
     labels = {str(k): int(v) for k, v in dataset_json["labels"].items()}
     sizer = _Sizer(preset, preset_kwargs, len(channels), len(labels), gpu_memory_target_gb * 1024 ** 3,

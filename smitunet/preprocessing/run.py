@@ -38,6 +38,7 @@ class PlanOptions:
     clean: bool = False
     spacing: Sequence[float] | None = None        # 3d_fullres target spacing override (z, y, x)
     pretrained: object | None = None              # a PretrainedArchitecture (read_architecture)
+    decoder: str | None = None                    # Swin U-Net decoder: "res" (default) or "light"
 
 
 def _warn(lines: list[str], limit: int = 20) -> None:
@@ -125,7 +126,8 @@ def run_dataset(identifier: str, options: PlanOptions, pool: CasePool) -> tuple[
     else:
         plans = plan_experiment(name, dj, fingerprint, preset=options.preset, plans_name=options.plans_name,
                                 gpu_memory_target_gb=options.gpu_memory_target,
-                                target_spacing_override=options.spacing, pretrained=options.pretrained)
+                                target_spacing_override=options.spacing, pretrained=options.pretrained,
+                                decoder=options.decoder)
         for note in plans.planner.get("notes", []):
             logger.warning(f"note: {name}: {note}")
     # Every check passed: only now does anything get written for this dataset.
