@@ -26,7 +26,24 @@ ROW_TITLES = {
     "semi": "smitunet semi-supervised (mean teacher + copy-paste), from scratch",
     "semi_smit": "smitunet semi-supervised, SMIT-pretrained",
 }
+LIGHT = "_light"             # the same row with the light decoder (see label_efficiency.py)
 CONVERGENCE_TAIL = 0.2   # the scratch row must gain < 1 point of validation Dice over this last share
+
+
+def row_title(row: str) -> str:
+    if row.endswith(LIGHT):
+        return row_title(row[: -len(LIGHT)]) + ", light decoder"
+    return ROW_TITLES.get(row, row)
+
+
+def reference_of(row: str) -> str:
+    """The row a row's paired differences are taken against: scratch with the same decoder."""
+    return "scratch_light" if row.endswith(LIGHT) else "scratch"
+
+
+def _order(row: str) -> tuple[int, int]:
+    base = row[: -len(LIGHT)] if row.endswith(LIGHT) else row
+    return (row.endswith(LIGHT), list(ROW_TITLES).index(base) if base in ROW_TITLES else 99)
 
 
 def run_key(row: str, labelled: int, seed: int) -> str:
@@ -67,8 +84,9 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def summarise(results: dict, reference: str = "scratch") -> dict:
-    """{labelled: {row: {dice: [..per seed], hd95, seeds, mean/sd, paired differences to the reference}}}."""
+def summarise(results: dict) -> dict:
+    """{labelled: {row: {dice: [..per seed], hd95, seeds, mean/sd, paired differences to its reference row
+    (``reference_of``: scratch with the same decoder)}}}."""
     table: dict[int, dict[str, dict]] = {}
     for key, run in results["runs"].items():
         row, labelled, seed = parse_key(key)
@@ -83,9 +101,9 @@ def summarise(results: dict, reference: str = "scratch") -> dict:
                 entry[k] = [entry[k][i] for i in order]
             entry["dice_mean"], entry["dice_sd"] = _stats(entry["dice"])
             entry["hd95_mean"], entry["hd95_sd"] = _stats(entry["hd95"])
-        ref = rows.get(reference)
         for row, entry in rows.items():
-            if ref is None or row == reference:
+            ref = rows.get(reference_of(row))
+            if ref is None or row == reference_of(row):
                 continue
             paired = {s: d - ref["dice"][ref["seeds"].index(s)] for s, d in zip(entry["seeds"], entry["dice"])
                       if s in ref["seeds"]}
@@ -107,22 +125,22 @@ def markdown(results: dict, title: str) -> str:
         lines.append(f"- {item}")
     lines.append("")
     lines += ["Dice in points (mean ± sd over seeds) on the evaluation cases, HD95 in mm; "
-              "Δ = paired difference to `scratch` of the same seed, in Dice points.", ""]
+              "Δ = paired difference to `scratch` (with the same decoder) of the same seed, in Dice points.", ""]
     for labelled in sorted(table):
         rows = table[labelled]
         lines += [f"## {labelled} labelled cases", "",
                   "| row | seeds | Dice | HD95 (mm) | Dice per seed | Δ per seed | mean Δ |", "|---|---|---|---|---|---|---|"]
-        for row in sorted(rows, key=lambda r: list(ROW_TITLES).index(r) if r in ROW_TITLES else 99):
+        for row in sorted(rows, key=_order):
             e = rows[row]
             per_seed = ", ".join(f"{100 * d:.1f}" for d in e["dice"])
             paired = e.get("paired_dice_diff")
             deltas = ", ".join(f"{100 * v:+.1f}" for v in paired.values()) if paired else ""
             mean_delta = f"{e['mean_diff_points']:+.2f}" if paired else ""
-            lines.append(f"| {ROW_TITLES.get(row, row)} | {len(e['seeds'])} | {_fmt(e['dice_mean'], e['dice_sd'], 100)} | "
+            lines.append(f"| {row_title(row)} | {len(e['seeds'])} | {_fmt(e['dice_mean'], e['dice_sd'], 100)} | "
                          f"{_fmt(e['hd95_mean'], e['hd95_sd'])} | {per_seed} | {deltas} | {mean_delta} |")
         lines.append("")
     convergence = [(key, run["curve_gain"]) for key, run in sorted(results["runs"].items())
-                   if parse_key(key)[0] == "scratch" and run.get("curve_gain") is not None]
+                   if parse_key(key)[0] in ("scratch", "scratch_light") and run.get("curve_gain") is not None]
     if convergence:
         lines += ["## Convergence of the scratch row", "",
                   f"Gain of the per-epoch validation pseudo-Dice over the last {int(100 * CONVERGENCE_TAIL)} % of the "
@@ -153,7 +171,7 @@ def plot(results: dict, path: Path, curves_path: Path | None = None) -> None:
         means = [100 * e["dice_mean"] for _, e in points]
         lows = [100 * min(e["dice"]) for _, e in points]
         highs = [100 * max(e["dice"]) for _, e in points]
-        ax.plot(xs, means, marker="o", label=ROW_TITLES.get(row, row))
+        ax.plot(xs, means, marker="o", label=row_title(row))
         ax.fill_between(xs, lows, highs, alpha=0.15)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("labelled cases")
@@ -168,7 +186,7 @@ def plot(results: dict, path: Path, curves_path: Path | None = None) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, run in sorted(results["runs"].items()):
         curve = run.get("curve")
-        if curve and parse_key(key)[0] in ("scratch", "smit"):
+        if curve and parse_key(key)[0] in ("scratch", "smit", "scratch_light", "smit_light"):
             iters = run.get("iters_per_epoch", 1)
             ax.plot([iters * (i + 1) for i in range(len(curve))], [100 * c for c in curve], label=key, lw=1)
     ax.set_xlabel("iteration")

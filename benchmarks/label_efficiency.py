@@ -63,8 +63,22 @@ SMITUNET_ROWS = {"scratch": (None, "SMITTrainer"), "upper": (None, "SMITTrainer"
                  "smit_uniform_lr": ("smit", "SMITTrainerUniformLR"), "smit_warmup": ("smit", "SMITTrainerEncoderWarmup"),
                  "probe_random": (None, "SMITTrainerFrozenEncoder"), "probe_smit": ("smit", "SMITTrainerFrozenEncoder"),
                  "semi": (None, "SMITSemiSupervisedTrainer"), "semi_smit": ("smit", "SMITSemiSupervisedTrainer")}
-SEMI_ROWS = ("semi", "semi_smit")   # trained on every non-evaluation case, --labelled_cases the first N
+# Every row also exists with the light decoder ("<row>_light"): the same plans (patch, strides, spacing) with
+# decoder "light", so the encoder carries the representation; the same pretraining.
+LIGHT = "_light"
+LIGHT_PLANS = "smitunetPlans_light"
+SMITUNET_ROWS |= {f"{row}{LIGHT}": spec for row, spec in SMITUNET_ROWS.items()}
+SEMI_ROWS = ("semi", "semi_smit", f"semi{LIGHT}", f"semi_smit{LIGHT}")   # on every non-evaluation case,
+# --labelled_cases the first N
 ROWS = (*SMITUNET_ROWS, "nnunet")
+
+
+def plans_of(row: str) -> str:
+    return LIGHT_PLANS if row.endswith(LIGHT) else "smitunetPlans"
+
+
+def budget_key(row: str) -> str:
+    return ("semi" if row in SEMI_ROWS else "smitunet") + ("_light" if row.endswith(LIGHT) else "") + "_epochs"
 PROTOCOLS = {
     # smitunet's target gives patch 48x48x64 / batch 2 with its AdamW + fp16 estimate (the same plans as 1.0 under
     # the earlier SGD + fp32 estimate the recorded runs were planned with); nnU-Net plans with its own 1 GB
@@ -184,6 +198,25 @@ def plan_smitunet(args) -> None:
             smitunet_env(args, threads=args.pretrain_threads), args.work / "logs" / "plan_and_preprocess.log")
 
 
+def plan_light(args) -> None:
+    """The light-decoder plans: a copy of the plans with ``decoder: light`` (same patch, strides and spacing),
+    preprocessed under their own name."""
+    light = plans_path(args).with_name(f"{LIGHT_PLANS}.json")
+    if not light.is_file():
+        plans = json.loads(plans_path(args).read_text())
+        plans["plans_name"] = LIGHT_PLANS
+        for name, config in plans["configurations"].items():
+            config["data_identifier"] = f"{LIGHT_PLANS}_{name}"
+            config["network"]["kwargs"]["decoder"] = "light"
+        light.write_text(json.dumps(plans, indent=1))
+    if not (light.parent / f"{LIGHT_PLANS}_3d_fullres").is_dir() or len(list(
+            (light.parent / f"{LIGHT_PLANS}_3d_fullres").glob("*.json"))) < len(list(
+            (light.parent / "smitunetPlans_3d_fullres").glob("*.json"))):
+        run_now("plan_and_preprocess_light", ["smitunet_plan_and_preprocess", "-d", args.dataset_id, "-pl", LIGHT_PLANS,
+                                              "--use_existing_plans", "-c", "3d_fullres", "-np", max(2, args.jobs)],
+                smitunet_env(args, threads=args.pretrain_threads), args.work / "logs" / "plan_and_preprocess.log")
+
+
 def plan_nnunet(args) -> str:
     """nnU-Net's own plans and preprocessing, at the same target spacing; returns its plans name."""
     plans = "nnUNetPlans" if not args.spacing else "nnUNetPlans_" + "x".join(f"{s:g}" for s in args.spacing)
@@ -259,7 +292,8 @@ def _calibrate_smitunet(args, name: str, cmd_extra: list, fold: int, budget_s: f
     return measured, budget_epochs(measured, iters_cal, args.iters_per_epoch, budget_s)
 
 
-def calibrate(args, results: dict, fold: int, nnunet_plans: str | None, semi: tuple[int, Path] | None = None) -> dict:
+def calibrate(args, results: dict, fold: int, nnunet_plans: str | None, semi: tuple[int, Path] | None = None,
+              light: bool = False) -> dict:
     """Epochs per tool (and for the semi-supervised trainer, whose step costs more) for ``--budget_minutes``, from a
     2-epoch run of each alone; recorded in the results file and reused, a missing entry measured when first needed."""
     budget = {} if args.recalibrate else dict(results.get("budget") or {})
@@ -282,11 +316,20 @@ def calibrate(args, results: dict, fold: int, nnunet_plans: str | None, semi: tu
         nnu = {"train_s_per_iter": _steady([e["train_s"] / e["iters"] for e in epochs]),
                "epoch_overhead_s": _steady([e["epoch_s"] - e["train_s"] for e in epochs]), "startup_s": 0.0}
         budget["nnunet"], budget["nnunet_epochs"] = nnu, budget_epochs(nnu, iters_cal, args.iters_per_epoch, budget_s)
-    if semi is not None and "semi_epochs" not in budget:
+    semi_rows = set(SEMI_ROWS) & set(args.rows)
+    if semi is not None and "semi_epochs" not in budget and semi_rows - {r for r in semi_rows if r.endswith(LIGHT)}:
         semi_fold, labelled_file = semi
         budget["semi"], budget["semi_epochs"] = _calibrate_smitunet(
             args, "semi", ["-tr", "SMITSemiSupervisedTrainer", "--labelled_cases", labelled_file], semi_fold, budget_s,
             iters_cal)
+    if light and "smitunet_light_epochs" not in budget:
+        budget["smitunet_light"], budget["smitunet_light_epochs"] = _calibrate_smitunet(
+            args, "smitunet_light", ["-p", LIGHT_PLANS], fold, budget_s, iters_cal)
+    if light and semi is not None and "semi_light_epochs" not in budget and any(r.endswith(LIGHT) for r in semi_rows):
+        semi_fold, labelled_file = semi
+        budget["semi_light"], budget["semi_light_epochs"] = _calibrate_smitunet(
+            args, "semi_light", ["-tr", "SMITSemiSupervisedTrainer", "--labelled_cases", labelled_file, "-p",
+                                 LIGHT_PLANS], semi_fold, budget_s, iters_cal)
     results["budget"] = budget
     return budget
 
@@ -294,9 +337,9 @@ def calibrate(args, results: dict, fold: int, nnunet_plans: str | None, semi: tu
 # -- fine-tuning runs -------------------------------------------------------------------------------------------
 def smitunet_job(args, row: str, labelled: int, seed: int, fold: int, budget: dict) -> Job:
     method, trainer = SMITUNET_ROWS[row]
-    epochs = budget["semi_epochs" if row in SEMI_ROWS else "smitunet_epochs"]
+    epochs = budget[budget_key(row)]
     cmd = ["smitunet_train", args.dataset_id, "3d_fullres", fold, "-tr", PLUGIN_TRAINERS.get(trainer, trainer),
-           "--epochs", epochs, "--iters_per_epoch", args.iters_per_epoch, "--num_workers",
+           "-p", plans_of(row), "--epochs", epochs, "--iters_per_epoch", args.iters_per_epoch, "--num_workers",
            args.workers, "--seed", seed, "--device", args.device]
     cmd += ["--labelled_cases", labelled_file(args, labelled)] if row in SEMI_ROWS else []
     cmd += [] if args.tta else ["--disable_tta"]
@@ -304,7 +347,7 @@ def smitunet_job(args, row: str, labelled: int, seed: int, fold: int, budget: di
     key = report.run_key(row, labelled, seed)
     job = Job(key, cmd, smitunet_env(args, f"results_{row}_s{seed}"), args.work / "logs" / f"{row}_L{labelled}_s{seed}.log",
               after=[f"pretrain_{method}"] if method else [])
-    job.fold_dir = (args.work / f"results_{row}_s{seed}" / args.name / f"{trainer}__smitunetPlans__3d_fullres"
+    job.fold_dir = (args.work / f"results_{row}_s{seed}" / args.name / f"{trainer}__{plans_of(row)}__3d_fullres"
                     / f"fold_{fold}")
     return job
 
@@ -424,15 +467,18 @@ def main(argv=None) -> None:
                        for p in (raw / "labelsTr").iterdir() if not p.name.startswith("."))
     order, source_order = data.case_order(raw, all_cases, args.split_seed)
     pool = len(order) - args.num_eval
-    wanted = sorted(set(args.labelled) | ({pool} if {"upper", *SEMI_ROWS} & set(args.rows) else set()))
+    wanted = sorted(set(args.labelled) | ({pool} if {"upper", f"upper{LIGHT}", *SEMI_ROWS} & set(args.rows) else set()))
     evaluation, subsets = data.select(order, wanted, args.num_eval)
     plan_smitunet(args)
+    light = any(r.endswith(LIGHT) for r in args.rows)
+    if light:
+        plan_light(args)
     nnunet_plans = plan_nnunet(args) if "nnunet" in args.rows else None
     folds = write_splits(args, evaluation, subsets)
     for n, cases in subsets.items():  # the semi-supervised rows' labelled subsets (their fold trains on the pool)
         labelled_file(args, n).write_text("\n".join(cases) + "\n")
     semi = (folds[pool], labelled_file(args, min(args.labelled))) if set(args.rows) & set(SEMI_ROWS) else None
-    budget = calibrate(args, results, folds[min(args.labelled)], nnunet_plans, semi)
+    budget = calibrate(args, results, folds[min(args.labelled)], nnunet_plans, semi, light)
     if nnunet_plans is not None and "nnunet_epochs" not in budget:
         sys.exit("error: the recorded budget has no nnU-Net calibration; rerun with --recalibrate")
     results["description"] = describe(args, source_order, evaluation, subsets, pool, budget)
@@ -452,7 +498,7 @@ def main(argv=None) -> None:
     methods = sorted({SMITUNET_ROWS[r][0] for r in args.rows if r != "nnunet"} - {None})
     jobs = [j for j in (pretrain_job(args, m, pretrain_images) for m in methods) if j is not None]
     for row in args.rows:
-        for labelled in ([pool] if row == "upper" else args.labelled):
+        for labelled in ([pool] if row.startswith("upper") else args.labelled):
             for seed in args.row_seeds[row] or args.seeds:
                 key = report.run_key(row, labelled, seed)
                 if key in results["runs"]:

@@ -126,3 +126,12 @@ def test_harness_arguments_take_the_protocol_and_dataset_id(tmp_path):
     args = label_efficiency.parse_args(["--source", str(source), "--protocol", "gpu", "--budget_minutes", "5"])
     assert (args.spacing, args.budget_minutes, args.device) == (None, 5.0, "cuda")
     assert isinstance(args, Namespace)
+
+
+def test_light_rows_compare_with_scratch_of_the_same_decoder():
+    results = {"runs": {report.run_key("scratch", 8, 0): _run(0.70), report.run_key("scratch_light", 8, 0): _run(0.60),
+                        report.run_key("smit_light", 8, 0): _run(0.66)}}
+    table = report.summarise(results)
+    assert table[8]["smit_light"]["paired_dice_diff"] == pytest.approx({0: 0.06})
+    assert "paired_dice_diff" not in table[8]["scratch_light"]
+    assert "| smitunet, SMIT-pretrained, light decoder | 1 |" in report.markdown(results, "LE")
