@@ -16,12 +16,13 @@ import torch
 from tqdm import tqdm
 
 from smitunet.evaluation.metrics import case_metrics, foreground_mean, mean_metrics
+from smitunet.contracts import CaseProperties
 from smitunet.imageio import read_image
 from smitunet.inference.export import export_case
 from smitunet.inference.sliding_window import predict_sliding_window
 from smitunet.plans import Plans
 from smitunet.preprocessing.preprocessor import restore_original_geometry
-from smitunet.utils.files import json_safe, load_json, save_json
+from smitunet.utils.files import json_safe, save_json
 
 
 def raw_label_files(dataset_name: str) -> dict[str, Path]:
@@ -39,7 +40,7 @@ def predict_case(network, plans: Plans, configuration: str, data_folder: Path, c
                  mirror_axes) -> tuple[np.ndarray, dict]:
     """Softmax probabilities (K, z, y, x) in the preprocessed space, and the case's properties."""
     data = np.load(data_folder / f"{case}.npy")
-    properties = load_json(data_folder / f"{case}.json")
+    properties = CaseProperties.load(data_folder / f"{case}.json").to_dict()
     logits = predict_sliding_window(network, torch.from_numpy(data), plans.configuration(configuration).patch_size,
                                     plans.num_classes, step_size=0.5, mirror_axes=mirror_axes, device=device,
                                     output_device="cpu", progress=False,

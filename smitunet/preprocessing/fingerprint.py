@@ -18,7 +18,7 @@ from smitunet.dataset.integrity import read_checked_case
 from smitunet.preprocessing.cropping import box_shape, crop, nonzero_bbox
 from smitunet.utils.parallel import CasePool
 
-FINGERPRINT_VERSION = 1
+from smitunet.contracts import FINGERPRINT_VERSION  # noqa: E402  (the record itself is contracts.Fingerprint)
 SAMPLES_PER_CASE = 10_000  # foreground voxels sampled per case for the intensity statistics (as nnU-Net)
 # Small cases are handed back with their arrays so preprocessing need not read them again (reading dominates
 # on small images); the parent keeps at most CACHE_TOTAL_BYTES of them.

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from smitunet.contracts import Fingerprint
 from smitunet.errors import SmitunetError
 from smitunet.plans import DEFAULT_PLANS_NAME, ConfigurationPlan, NetworkConfig, Plans
 from smitunet.preprocessing.normalization import scheme_for_channel
@@ -286,6 +287,7 @@ def plan_experiment(dataset_name: str, dataset_json: dict, fingerprint: dict, *,
     """
     if gpu_memory_target_gb <= 0:
         raise SmitunetError(f"--gpu_memory_target must be positive, got {gpu_memory_target_gb}")
+    fingerprint = Fingerprint.coerce(fingerprint).to_dict()  # checked fields, whatever the caller passed
     notes: list[str] = []
     if pretrained is None:
         preset_kwargs = _get_preset(preset)

@@ -6,6 +6,7 @@ Nothing is written under ``smitunet_preprocessed`` for a dataset until all of it
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -13,13 +14,14 @@ from typing import Sequence
 
 from smitunet.dataset.integrity import check_case_files
 from smitunet.dataset.raw import list_test_cases, load_dataset_json, scan_training_cases
-from smitunet.errors import DatasetIntegrityError
+from smitunet.contracts import Fingerprint
+from smitunet.errors import DatasetIntegrityError, SmitunetError
 from smitunet.paths import preprocessed_dir, raw_dir, resolve_dataset_name
 from smitunet.plans import DEFAULT_PLANS_NAME, Plans
 from smitunet.preprocessing.fingerprint import extract_fingerprint, raw_signature
 from smitunet.preprocessing.planner import DEFAULT_GPU_MEMORY_GB, DEFAULT_PRESET, plan_experiment
 from smitunet.preprocessing.store import preprocess_dataset
-from smitunet.utils.files import load_json, save_json
+from smitunet.utils.files import save_json
 from smitunet.utils.log import logger
 from smitunet.utils.parallel import CasePool
 
@@ -71,21 +73,21 @@ def _check_one(item, allowed):
 
 
 def _fingerprint(dataset_dir: Path, out_dir: Path, dj: dict, cases: dict, pool: CasePool,
-                 options: PlanOptions, cache: dict) -> dict:
+                 options: PlanOptions, cache: dict) -> Fingerprint:
     path = out_dir / "dataset_fingerprint.json"
     if path.is_file() and not (options.clean or options.verify_dataset_integrity):
         try:
-            old = load_json(path)
-            if old.get("raw_signature") == raw_signature(dataset_dir, cases):
+            old = Fingerprint.load(path)
+            if old.raw_signature == raw_signature(dataset_dir, cases):
                 return old
-        except ValueError:
-            pass
+        except SmitunetError:
+            pass  # unreadable or of another version: extracted again
     fingerprint, problems, warnings = extract_fingerprint(dataset_dir, dj, cases, pool,
                                                           cache=cache if options.preprocess else None)
     _warn(warnings)
     if problems:
         raise DatasetIntegrityError(problems)
-    return fingerprint
+    return Fingerprint.from_dict(fingerprint, str(path))
 
 
 def summary(plans: Plans, counts: dict[str, dict]) -> str:
@@ -118,8 +120,8 @@ def run_dataset(identifier: str, options: PlanOptions, pool: CasePool) -> tuple[
     if problems:
         raise DatasetIntegrityError(problems)
     cache: dict = {}  # small cases read by the fingerprint pass, reused by preprocessing
-    fingerprint = _fingerprint(dataset_dir, out_dir, dj, cases, pool, options, cache)
-    fingerprint["num_unlabelled_cases"] = len(unlabelled)
+    fingerprint = dataclasses.replace(_fingerprint(dataset_dir, out_dir, dj, cases, pool, options, cache),
+                                      num_unlabelled_cases=len(unlabelled))
     plans_path = out_dir / f"{options.plans_name}.json"
     if options.use_existing_plans:
         plans = Plans.load(plans_path)
@@ -132,7 +134,7 @@ def run_dataset(identifier: str, options: PlanOptions, pool: CasePool) -> tuple[
             logger.warning(f"note: {name}: {note}")
     # Every check passed: only now does anything get written for this dataset.
     save_json(dj, out_dir / "dataset.json")
-    save_json(fingerprint, out_dir / "dataset_fingerprint.json")
+    save_json(fingerprint.to_dict(), out_dir / "dataset_fingerprint.json")
     if not options.use_existing_plans:
         plans.save(plans_path)
     counts = {}

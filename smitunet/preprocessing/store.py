@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from smitunet.contracts import CaseProperties
 from smitunet.imageio import read_channels, read_image
 from smitunet.plans import Plans
 from smitunet.preprocessing.fingerprint import case_seed
@@ -77,7 +78,8 @@ def _preprocess_one(item: tuple[str, dict, tuple | None], plans: Plans, configur
     if seg is not None:  # an unlabelled case (imagesUnlabelled) has image and properties only
         save_npy(seg, files["seg"])
         save_npz(files["locations"], **class_locations(seg[0], plans.foreground_labels, case_seed(case)))
-    save_json({**properties, "preprocessing_hash": digest}, files["properties"])  # last: marks the case done
+    record = CaseProperties.from_dict({**properties, "preprocessing_hash": digest}, f"{case} properties")
+    save_json(record.to_dict(), files["properties"])  # last: marks the case done
     return case
 
 

@@ -11,7 +11,8 @@ DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 
 def fingerprint(shape, spacing, n=10, relative=1.0):
     stats = {"mean": 1.0, "median": 1.0, "std": 1.0, "min": 0.0, "max": 2.0, "percentile_00_5": 0.0,
              "percentile_99_5": 2.0}
-    return {"spacings": [list(spacing)] * n, "shapes_after_crop": [list(shape)] * n,
+    return {"version": 1, "case_identifiers": [f"c{i:03d}" for i in range(n)], "spacings": [list(spacing)] * n,
+            "shapes_before_crop": [list(shape)] * n, "shapes_after_crop": [list(shape)] * n,
             "median_relative_size_after_cropping": relative,
             "foreground_intensity_properties_per_channel": {"0": stats}}
 
