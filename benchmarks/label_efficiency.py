@@ -119,13 +119,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--recalibrate", action="store_true", help="measure the budget again (finished runs are kept)")
     p.add_argument("--report_only", action="store_true")
     args = p.parse_args(argv)
-    args.row_seeds = {}
+    args.row_plan = []  # (row, seeds or None) in the order the runs are started; a row may appear again
     for entry in args.rows:
         row, _, seeds = entry.partition(":")
         if row not in ROWS:
             p.error(f"--rows: unknown row {row!r}; choose from {', '.join(ROWS)}")
-        args.row_seeds[row] = [int(s) for s in seeds.split(",")] if seeds else None
-    args.rows = list(args.row_seeds)
+        args.row_plan.append((row, [int(s) for s in seeds.split(",")] if seeds else None))
+    args.rows = list(dict.fromkeys(row for row, _ in args.row_plan))
     for key, value in PROTOCOLS[args.protocol].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -497,12 +497,14 @@ def main(argv=None) -> None:
     pretrain_images = data.link_images(raw, order if args.pretrain_on_all else order[:pool], args.work / "pretrain_images")
     methods = sorted({SMITUNET_ROWS[r][0] for r in args.rows if r != "nnunet"} - {None})
     jobs = [j for j in (pretrain_job(args, m, pretrain_images) for m in methods) if j is not None]
-    for row in args.rows:
+    queued = set()
+    for row, row_seeds in args.row_plan:
         for labelled in ([pool] if row.startswith("upper") else args.labelled):
-            for seed in args.row_seeds[row] or args.seeds:
+            for seed in row_seeds or args.seeds:
                 key = report.run_key(row, labelled, seed)
-                if key in results["runs"]:
+                if key in results["runs"] or key in queued:
                     continue
+                queued.add(key)
                 if row == "nnunet":
                     job = nnunet_job(args, labelled, seed, folds[labelled], budget, nnunet_plans)
                 else:
