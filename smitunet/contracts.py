@@ -18,6 +18,13 @@ from smitunet.utils.files import load_json
 FINGERPRINT_VERSION = 1
 
 
+def _read(path: str | Path, what: str) -> Any:
+    try:
+        return load_json(path)
+    except (OSError, ValueError) as exc:
+        raise SmitunetError(f"{path}: not {what} ({exc})") from None
+
+
 def _checked(cls, d: Any, source: str, version: int | None = None, rerun: str = ""):
     if not isinstance(d, dict):
         raise SmitunetError(f"{source}: expected a JSON object")
@@ -66,11 +73,7 @@ class Fingerprint:
 
     @classmethod
     def load(cls, path: str | Path) -> "Fingerprint":
-        try:
-            d = load_json(path)
-        except (OSError, ValueError) as exc:
-            raise SmitunetError(f"{path}: not a readable fingerprint ({exc})") from None
-        return cls.from_dict(d, str(path))
+        return cls.from_dict(_read(path, "a readable fingerprint"), str(path))
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,4 @@ class CaseProperties:
 
     @classmethod
     def load(cls, path: str | Path) -> "CaseProperties":
-        try:
-            d = load_json(path)
-        except (OSError, ValueError) as exc:
-            raise SmitunetError(f"{path}: not readable case properties ({exc})") from None
-        return cls.from_dict(d, str(path))
+        return cls.from_dict(_read(path, "readable case properties"), str(path))
