@@ -71,3 +71,26 @@ def test_schedule_warmup_decay_and_resume(decay):
     resumed = WarmupDecaySchedule(opt2, total_steps=100, warmup_steps=10, decay=decay)
     resumed.load_state_dict({"step_count": 42})
     assert resumed.get_last_lr()[0] == pytest.approx(lrs[42])
+
+
+def test_training_checkpoint_is_a_typed_contract(tmp_path):
+    """Written from a TrainingCheckpoint, read back as one with every field typed; a plain dict written by hand with
+    only the required fields (a checkpoint for prediction) loads with empty resume fields."""
+    from smitunet.checkpoint_io import TrainingCheckpoint, load_training_checkpoint
+
+    model, opt = _optimizer()
+    ckpt = build_training_checkpoint(
+        network_config=NetworkConfig("smit_tiny", {"in_channels": 1}), state_dict=model.state_dict(), optimizer=opt,
+        scheduler=WarmupDecaySchedule(opt, 100, 10), scaler=torch.amp.GradScaler("cuda", enabled=False), epoch=2,
+        logs=empty_logs(), extra={"trainer": {"k": 1}}, plans_dict={"plans_name": "p"}, configuration="3d_fullres",
+        trainer_name="SMITTrainer", dataset_json={}, fold="all", network_builder="pkg.mod:build")
+    assert isinstance(ckpt, TrainingCheckpoint)
+    ckpt.save(tmp_path / "a.pt")
+    back = load_training_checkpoint(tmp_path / "a.pt")
+    assert isinstance(back, TrainingCheckpoint) and back.epoch == 2 and back.fold == "all"
+    assert back.network == {"name": "smit_tiny", "kwargs": {"in_channels": 1}, "builder": "pkg.mod:build"}
+    assert back.trainer_state == {"trainer": {"k": 1}} and back.optimizer["param_groups"]
+    torch.save({"format": "smitunet", "kind": "training", "version": 1, "network": {"name": "n", "kwargs": {}},
+                "state_dict": {}, "plans": {}, "configuration": "3d_fullres", "epoch": 5}, tmp_path / "b.pt")
+    minimal = TrainingCheckpoint.load(tmp_path / "b.pt")
+    assert minimal.epoch == 5 and minimal.optimizer == {} and minimal.inference_mirror_axes == [0, 1, 2]

@@ -75,15 +75,15 @@ class FoldEnsemble:
             ckpt = load_training_checkpoint(path)
             if reference is None:
                 reference = ckpt
-                self.plans = Plans.from_dict(ckpt["plans"], source=f"{path} (plans)")
-                self.configuration = ckpt["configuration"]
-                self.network_config = ckpt["network"]
-                # the trainer may restrict test-time mirroring (None / [] = none); default: all three axes
-                self.mirror_axes = tuple(ckpt.get("inference_mirror_axes", (0, 1, 2)) or ())
-            elif ckpt["network"] != reference["network"] or ckpt["configuration"] != reference["configuration"]:
+                self.plans = Plans.from_dict(ckpt.plans, source=f"{path} (plans)")
+                self.configuration = ckpt.configuration
+                self.network_config = ckpt.network
+                # the trainer may restrict test-time mirroring ([] = none)
+                self.mirror_axes = tuple(ckpt.inference_mirror_axes or ())
+            elif ckpt.network != reference.network or ckpt.configuration != reference.configuration:
                 raise SmitunetError(f"{path}: network or configuration differs from {checkpoint_files[0]}; "
                                     "folds of one model must share them")
-            self.state_dicts.append(ckpt["state_dict"])
+            self.state_dicts.append(ckpt.state_dict)
         self.config_plan = self.plans.configuration(self.configuration)
         kwargs = dict(self.network_config["kwargs"])
         kwargs["deep_supervision"] = False

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smitunet.checkpoint_io import TRAINING_CHECKPOINT_VERSION, load_training_checkpoint, save_checkpoint
+from smitunet.checkpoint_io import TrainingCheckpoint, load_training_checkpoint
 
 CHECKPOINT_NAMES = ("checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt")
 
@@ -45,33 +45,20 @@ def restore_rng_state(state: dict) -> None:
 def build_training_checkpoint(*, network_config, state_dict, optimizer, scheduler, scaler, epoch: int, logs: dict,
                               extra: dict, plans_dict: dict, configuration: str, trainer_name: str,
                               dataset_json: dict, fold, inference_mirror_axes=(0, 1, 2),
-                              network_builder: str | None = None) -> dict:
+                              network_builder: str | None = None) -> TrainingCheckpoint:
     network = {"name": network_config.name, "kwargs": dict(network_config.kwargs)}
     if network_builder is not None:  # a plug-in architecture: prediction imports it to rebuild the network
         network["builder"] = network_builder
-    return {
-        "format": "smitunet", "kind": "training", "version": TRAINING_CHECKPOINT_VERSION,
-        "network": network,
-        "state_dict": state_dict,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": int(epoch),
-        "rng": capture_rng_state(),
-        "logs": logs,
-        "trainer_state": extra,   # best EMA etc.; an addition to the contract's keys
-        "plans": plans_dict,
-        "configuration": configuration,
-        "trainer_name": trainer_name,
-        "dataset_json": dataset_json,
-        "fold": fold if fold == "all" else int(fold),
-        # the axes the trainer allows test-time mirroring over; the predictor reads them
-        "inference_mirror_axes": [int(a) for a in (inference_mirror_axes or ())],
-    }
+    return TrainingCheckpoint(
+        network=network, state_dict=state_dict, plans=plans_dict, configuration=configuration, epoch=int(epoch),
+        trainer_name=trainer_name, dataset_json=dataset_json, fold=fold if fold == "all" else int(fold),
+        inference_mirror_axes=[int(a) for a in (inference_mirror_axes or ())],
+        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+        rng=capture_rng_state(), logs=logs, trainer_state=extra)
 
 
-def save_training_checkpoint(checkpoint: dict, path: Path) -> None:
-    save_checkpoint(checkpoint, path)
+def save_training_checkpoint(checkpoint: TrainingCheckpoint, path: Path) -> None:
+    checkpoint.save(path)
 
 
 def checkpoint_to_resume(fold_dir: Path) -> Path | None:
@@ -80,7 +67,7 @@ def checkpoint_to_resume(fold_dir: Path) -> Path | None:
     for name in ("checkpoint_final.pt", "checkpoint_latest.pt"):
         path = Path(fold_dir) / name
         if path.is_file():
-            epoch = int(load_training_checkpoint(path)["epoch"])
+            epoch = load_training_checkpoint(path).epoch
             if epoch > best_epoch:
                 best_path, best_epoch = path, epoch
     return best_path

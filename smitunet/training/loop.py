@@ -141,24 +141,25 @@ class TrainingLoop:
 
     def restore(self, path: Path, weights_only: bool = False) -> None:
         state = ckpt.load_training_checkpoint(path)
-        self.network.load_state_dict(state["state_dict"])
+        self.network.load_state_dict(state.state_dict)
         if weights_only:
             return
-        if len(state["optimizer"]["param_groups"]) != len(self.optimizer.param_groups):
-            raise SmitunetError(f"{path}: its optimizer has {len(state['optimizer']['param_groups'])} parameter groups but "
+        groups = len(state.optimizer.get("param_groups", []))
+        if groups != len(self.optimizer.param_groups):
+            raise SmitunetError(f"{path}: its optimizer has {groups} parameter groups but "
                                 f"this run builds {len(self.optimizer.param_groups)}; continue with the options of the "
                                 "original run (e.g. the same --pretrained)")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["scheduler"])  # after the optimizer: it sets each group's lr
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch = int(state["epoch"])
-        done = len(state["logs"]["train_loss"])  # a key added since the checkpoint was written: NaN so far
-        self.logger.logs = {key: list(state["logs"].get(key, [float("nan")] * done)) for key in empty_logs()}
-        extra = state.get("trainer_state", {})
+        self.optimizer.load_state_dict(state.optimizer)
+        self.schedule.load_state_dict(state.scheduler)  # after the optimizer: it sets each group's lr
+        if state.scaler:
+            self.scaler.load_state_dict(state.scaler)
+        self.epoch = state.epoch
+        done = len(state.logs["train_loss"])  # a key added since the checkpoint was written: NaN so far
+        self.logger.logs = {key: list(state.logs.get(key, [float("nan")] * done)) for key in empty_logs()}
+        extra = state.trainer_state
         self.ema, self.best_ema = extra.get("ema_pseudo_dice"), extra.get("best_ema_pseudo_dice")
         self.trainer.load_extra_state(extra.get("trainer") or {})
-        ckpt.restore_rng_state(state["rng"])
+        ckpt.restore_rng_state(state.rng)
         self.log(f"resumed from {path.name}: {self.epoch} completed epochs, step {self.schedule.step_count}")
 
     # -- epochs --------------------------------------------------------------------------------------
