@@ -108,7 +108,9 @@ def summarise(results: dict) -> dict:
             paired = {s: d - ref["dice"][ref["seeds"].index(s)] for s, d in zip(entry["seeds"], entry["dice"])
                       if s in ref["seeds"]}
             entry["paired_dice_diff"] = paired
-            entry["mean_diff_points"] = 100 * (entry["dice_mean"] - ref["dice_mean"])
+            # the mean of the paired differences (seeds run by both rows), not of the two rows' means over
+            # different seed sets
+            entry["mean_diff_points"] = 100 * float(np.mean(list(paired.values()))) if paired else float("nan")
     return table
 
 
@@ -135,7 +137,7 @@ def markdown(results: dict, title: str) -> str:
             per_seed = ", ".join(f"{100 * d:.1f}" for d in e["dice"])
             paired = e.get("paired_dice_diff")
             deltas = ", ".join(f"{100 * v:+.1f}" for v in paired.values()) if paired else ""
-            mean_delta = f"{e['mean_diff_points']:+.2f}" if paired else ""
+            mean_delta = f"{e['mean_diff_points']:+.2f} (n={len(paired)})" if paired else ""
             lines.append(f"| {row_title(row)} | {len(e['seeds'])} | {_fmt(e['dice_mean'], e['dice_sd'], 100)} | "
                          f"{_fmt(e['hd95_mean'], e['hd95_sd'])} | {per_seed} | {deltas} | {mean_delta} |")
         lines.append("")

@@ -105,9 +105,14 @@ def test_report_means_sd_and_paired_differences(tmp_path):
     assert smit["dice_mean"] == pytest.approx(0.79) and smit["dice_sd"] == pytest.approx(0.0424264, rel=1e-4)
     assert smit["paired_dice_diff"] == pytest.approx({0: 0.06, 1: 0.02}) and smit["mean_diff_points"] == pytest.approx(4.0)
     text = report.markdown(results, "LE")
-    assert "| smitunet, SMIT-pretrained | 2 | 79.0 ± 4.2 | 5.0 ± 1.4 | 76.0, 82.0 | +6.0, +2.0 | +4.00 |" in text
+    assert "| smitunet, SMIT-pretrained | 2 | 79.0 ± 4.2 | 5.0 ± 1.4 | 76.0, 82.0 | +6.0, +2.0 | +4.00 (n=2) |" in text
     assert "| smitunet from scratch | 2 | 75.0 ± 7.1 | 5.0 ± 0.0 | 70.0, 80.0 |  |  |" in text
     assert "## 4 labelled cases" in text and "- scratch|L8|s0: +0.40 points" in text and "- budget_minutes: 40" in text
+    # a row with fewer seeds than its reference: the mean difference is over the shared seeds only
+    del results["runs"][report.run_key("smit", 8, 1)]
+    smit = report.summarise(results)[8]["smit"]
+    assert smit["mean_diff_points"] == pytest.approx(6.0)
+    assert "| 76.0 | +6.0 | +6.00 (n=1) |" in report.markdown(results, "LE")
     report.plot(results, tmp_path / "p.png", tmp_path / "c.png")
     assert (tmp_path / "p.png").stat().st_size > 1000 and (tmp_path / "c.png").stat().st_size > 1000
     report.save_results(results, tmp_path / "r.json")
