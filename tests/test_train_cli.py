@@ -188,3 +188,14 @@ def test_default_data_workers_follow_the_device(dataset):
     assert trainer.options.num_workers == 2
     trainer = make_trainer(build_parser().parse_args(["901", "3d_fullres", "0", "--device", "cpu", "--num_workers", "0"]))
     assert trainer.options.num_workers == 0
+
+
+def test_continue_from_a_weights_only_checkpoint_is_one_line(dataset, capsys):
+    """A checkpoint that holds the contract's required fields only (weights for prediction) cannot be resumed."""
+    train(_args("SMITTrainer", 1, 2, 0), capsys)
+    path = fold_dir(dataset["results"], "SMITTrainer") / "checkpoint_final.pt"
+    full = load_checkpoint(path)
+    torch.save({k: full[k] for k in ("format", "kind", "version", "network", "state_dict", "plans", "configuration",
+                                     "epoch")}, path)
+    err = train_fails(_args("SMITTrainer", 2, 2, 0, "--c"), capsys)
+    assert "checkpoint_final.pt: holds the weights only" in err and len(err.strip().splitlines()) == 1

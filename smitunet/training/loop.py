@@ -144,6 +144,9 @@ class TrainingLoop:
         self.network.load_state_dict(state.state_dict)
         if weights_only:
             return
+        if not (state.optimizer and state.scheduler and state.rng and "train_loss" in state.logs):
+            raise SmitunetError(f"{path}: holds the weights only (no optimizer, schedule or RNG state), so training "
+                                "cannot continue from it; start a new run with --pretrained instead")
         groups = len(state.optimizer.get("param_groups", []))
         if groups != len(self.optimizer.param_groups):
             raise SmitunetError(f"{path}: its optimizer has {groups} parameter groups but "
