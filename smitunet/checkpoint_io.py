@@ -31,9 +31,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         detail = f" ({found.group(0).strip()})" if found else ""
         raise SmitunetError(f"{path}: refused to load: the file contains pickled objects other than tensors "
                             f"and plain containers (possible code payload); nothing in it was executed{detail}") from None
-    except (RuntimeError, EOFError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch's unpickler fails on arbitrary bytes in many ways (KeyError, ...)
+        first = (str(exc).splitlines() or [""])[0][:160]
         raise SmitunetError(f"{path}: not a readable checkpoint (truncated or not a torch file: "
-                            f"{str(exc).splitlines()[0][:160]})") from None
+                            f"{type(exc).__name__} {first})") from None
 
 
 def save_checkpoint(obj: Any, path: str | Path) -> None:

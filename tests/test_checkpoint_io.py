@@ -42,3 +42,12 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "c.pt").write_bytes(data[: len(data) // 3])
     with pytest.raises(SmitunetError, match="c.pt: not a readable checkpoint"):
         load_checkpoint(tmp_path / "c.pt")
+
+
+@pytest.mark.parametrize("content", [b"junk\n", b"", b"\x80\x02}q\x00.", bytes(range(256)) * 4])
+def test_any_unreadable_bytes_are_a_clear_error(tmp_path, content):
+    """Not only truncation: text, an empty file, a bare pickle and random bytes (torch's unpickler raised a KeyError
+    on a text file) are one line naming the file."""
+    (tmp_path / "c.pt").write_bytes(content)
+    with pytest.raises(SmitunetError, match="c.pt: not a readable checkpoint|c.pt: refused to load"):
+        load_checkpoint(tmp_path / "c.pt")
