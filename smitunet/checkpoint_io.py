@@ -94,6 +94,8 @@ class TrainingCheckpoint:
             raise SmitunetError(f"{source}: its network entry lacks name/kwargs")
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in ckpt.items() if k in names and v is not None}
+        if "inference_mirror_axes" in ckpt and ckpt["inference_mirror_axes"] is None:
+            values["inference_mirror_axes"] = []  # None has always meant: no test-time mirroring
         values["epoch"] = int(values["epoch"])
         return cls(**values)
 
