@@ -121,6 +121,13 @@ def predict(images: str | Path | np.ndarray, output: str | Path | None = None, *
     from smitunet.utils.files import save_json
 
     options = options or PredictionOptions()
+    if options.dicom_output:  # checked before the models load: a wrong input costs nothing and writes nothing
+        from smitunet.inference.inputs import find_input_cases
+        from smitunet.inference.predictor import check_dicom_output
+
+        if isinstance(images, np.ndarray):
+            raise SmitunetError("--dicom_output needs DICOM series input, not an array")
+        check_dicom_output(find_input_cases(images, 1), options.dicom_output)
     models = choose_models(None if dataset is None else str(dataset), configurations, trainers, plans, checkpoint,
                            disable_ensemble)
     chosen = [resolve_folds(m, list(folds) if folds else None, checkpoint) for m in models]
@@ -152,3 +159,14 @@ def evaluate(reference_folder: str | Path, prediction_folder: str | Path, *, lab
 
     return evaluate_folders(reference_folder, prediction_folder, labels, output_file, nsd_tolerance_mm,
                             num_processes, allow_subset)
+
+
+def convert_dicom(studies: str | Path, mapping, dataset_id: int, name: str, *, overwrite: bool = False,
+                  skip_missing: bool = False, output_raw: str | Path | None = None) -> Path:
+    """``smitunet_convert_dicom``: a folder of studies (a CT/MR series + an RTSTRUCT each) -> raw dataset
+    ``DatasetXXX_name`` under smitunet_raw (or ``output_raw``); ``mapping`` is a JSON file or a dict
+    {label: [accepted ROI names]}, later labels winning overlaps. Returns the dataset folder."""
+    from smitunet.dataset.dicom_rt import convert_dicom as _convert
+
+    return _convert(studies, mapping, dataset_id, name, output_raw=None if output_raw is None else Path(output_raw),
+                    overwrite=overwrite, skip_missing=skip_missing)

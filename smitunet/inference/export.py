@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -52,14 +53,19 @@ def probabilities_to_labels(probabilities: np.ndarray, properties: dict, plans: 
 
 
 def export_case(probabilities: np.ndarray, properties: dict, plans: Plans, configuration: str,
-                output_file: Path, postprocessing: dict | None, save_probabilities: bool) -> None:
-    """Write ``output_file`` (and ``{case}.npz`` with ``probabilities`` (K, z, y, x)) atomically."""
+                output_file: Path, postprocessing: dict | None, save_probabilities: bool,
+                before_labels: Callable[[np.ndarray, Geometry], None] | None = None) -> None:
+    """Write ``output_file`` (and ``{case}.npz`` with ``probabilities`` (K, z, y, x)) atomically.
+
+    ``before_labels(labels, geometry)`` writes further outputs of the case (e.g. DICOM) before the label file."""
     geometry = Geometry.from_dict(properties["geometry"])
     labels, restored = probabilities_to_labels(probabilities, properties, plans, configuration, save_probabilities)
     labels = apply_postprocessing(np.ascontiguousarray(labels), postprocessing)
     if save_probabilities:
         # probabilities first: a case counts as finished once its label file exists
         save_npz(probability_file(output_file), probabilities=restored)
+    if before_labels is not None:
+        before_labels(labels, geometry)
     write_image(labels, geometry, output_file)
 
 

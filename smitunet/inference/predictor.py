@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from smitunet.checkpoint_io import load_training_checkpoint
+from smitunet.dicom_io import DICOM_OUTPUTS, dicom_output_file
 from smitunet.errors import SmitunetError
 from smitunet.postprocessing import apply_postprocessing, load_postprocessing
 from smitunet.imageio import Geometry, read_channels, write_image
@@ -51,6 +52,7 @@ class PredictionOptions:
     part_id: int = 0
     num_processes: int = 1               # background threads for reading/preprocessing and export; 0 = none
     apply_postprocessing: bool = True
+    dicom_output: tuple[str, ...] = ()   # "rtstruct" and/or "seg" beside the label file; DICOM series input only
     progress: bool | None = None         # None: when stderr is a terminal
     stats: dict = field(default_factory=dict)  # filled with tiles / forward_seconds / seconds per case
 
@@ -144,7 +146,7 @@ def select_cases(cases: list[InputCase], output_dir: Path, options: PredictionOp
     mine = cases[options.part_id::options.num_parts]
     if not options.continue_prediction:
         return mine, 0
-    todo = [c for c in mine if not _finished(c, output_dir, options.save_probabilities)]
+    todo = [c for c in mine if not _finished(c, output_dir, options.save_probabilities, options.dicom_output)]
     for case in todo:
         _remove_stale_temporaries(case, output_dir)
     return todo, len(mine) - len(todo)
@@ -153,14 +155,16 @@ def select_cases(cases: list[InputCase], output_dir: Path, options: PredictionOp
 def _remove_stale_temporaries(case: InputCase, output_dir: Path) -> None:
     """Temp files of a killed run (atomic_path's ``.{name}.*.part*``); only this worker's cases are touched."""
     out = output_file_for(case, output_dir)
-    for name in (out.name, probability_file(out).name):
+    dicom = [dicom_output_file(output_dir / case.name, kind) for kind in DICOM_OUTPUTS]
+    for name in (out.name, probability_file(out).name, *(d.name for d in dicom)):
         for stale in output_dir.glob(f".{name}.*.part*"):
             stale.unlink(missing_ok=True)
 
 
-def _finished(case: InputCase, output_dir: Path, need_probabilities: bool) -> bool:
+def _finished(case: InputCase, output_dir: Path, need_probabilities: bool, dicom_output: Sequence[str] = ()) -> bool:
     out = output_file_for(case, output_dir)
-    return out.is_file() and (not need_probabilities or probability_file(out).is_file())
+    return (out.is_file() and (not need_probabilities or probability_file(out).is_file())
+            and all(dicom_output_file(output_dir / case.name, kind).is_file() for kind in dicom_output))
 
 
 class Predictor:
@@ -207,9 +211,23 @@ class Predictor:
         mean /= len(models)
         return mean
 
-    def export(self, probabilities: np.ndarray, properties: dict, output_file: Path) -> None:
+    def export(self, probabilities: np.ndarray, properties: dict, output_file: Path,
+               case: InputCase | None = None) -> None:
         export_case(probabilities, properties, self.model.plans, self.model.configuration, output_file,
-                    self.postprocessing, self.options.save_probabilities)
+                    self.postprocessing, self.options.save_probabilities, self._dicom_writer(case, output_file))
+
+    def _dicom_writer(self, case: InputCase | None, output_file: Path):
+        """Writes the asked DICOM outputs of ``case`` from its labels (None when none are asked)."""
+        if not self.options.dicom_output or case is None:
+            return None
+        from smitunet.dicom_io import load_series_headers, write_dicom_outputs
+
+        def write(labels: np.ndarray, geometry: Geometry) -> None:
+            series = load_series_headers(case.channels[0], geometry)
+            write_dicom_outputs(self.options.dicom_output, series, labels, self.model.plans.labels,
+                                output_file.parent / case.name)
+
+        return write
 
     def _prepare(self, case: InputCase) -> list[tuple[np.ndarray, dict]]:
         return [self.preprocess(case, group[0]) for group in self.groups]
@@ -217,14 +235,18 @@ class Predictor:
     def _infer(self, prepared: list[tuple[np.ndarray, dict]]) -> list[tuple[np.ndarray, dict]]:
         return [(self.predict_case(data, g), properties) for g, (data, properties) in enumerate(prepared)]
 
-    def _export(self, results: list[tuple[np.ndarray, dict]], output_file: Path) -> None:
+    def _export(self, results: list[tuple[np.ndarray, dict]], output_file: Path,
+                case: InputCase | None = None) -> None:
         if len(results) == 1:
-            self.export(*results[0], output_file)
+            self.export(*results[0], output_file, case)
             return
         labels, total = self._ensemble_labels(results)
         if self.options.save_probabilities:
             save_npz(probability_file(output_file), probabilities=total)
-        write_image(labels, Geometry.from_dict(results[0][1]["geometry"]), output_file)
+        geometry = Geometry.from_dict(results[0][1]["geometry"])
+        if (write_dicom := self._dicom_writer(case, output_file)) is not None:
+            write_dicom(labels, geometry)  # before the label file: a case is finished once that exists
+        write_image(labels, geometry, output_file)
 
     def _ensemble_labels(self, results: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, np.ndarray]:
         """Models with different preprocessing: each group's mean restored to the original geometry, averaged."""
@@ -263,6 +285,8 @@ class Predictor:
         """Predict every (remaining) case of ``input_path`` into ``output_dir``; returns the files written."""
         output_dir = Path(output_dir)
         cases = find_input_cases(input_path, self.model.plans.num_channels)
+        if self.options.dicom_output:
+            check_dicom_output(cases, self.options.dicom_output)
         todo, skipped = select_cases(cases, output_dir, self.options)
         if skipped:
             logger.warning(f"continuing: {skipped} case(s) already predicted, {len(todo)} to go")
@@ -275,7 +299,7 @@ class Predictor:
         start = time.perf_counter()
         prepared = self._prepare(case)
         out = output_file_for(case, output_dir)
-        self._export(self._infer(prepared), out)
+        self._export(self._infer(prepared), out, case)
         self._record(case, start)
         return out
 
@@ -293,7 +317,7 @@ class Predictor:
                 results = self._infer(prepared)
                 del prepared
                 out = output_file_for(case, output_dir)
-                exports.append(writers.submit(self._export, results, out))
+                exports.append(writers.submit(self._export, results, out, case))
                 del results
                 while len(exports) > n:
                     exports.popleft().result()
@@ -309,6 +333,23 @@ class Predictor:
 
     def _record(self, case: InputCase, start: float) -> None:
         self.options.stats.setdefault("case_seconds", {})[case.name] = time.perf_counter() - start
+
+
+def check_dicom_output(cases: Sequence[InputCase], kinds: Sequence[str]) -> None:
+    """DICOM outputs refer to a source series: every case must be one DICOM series folder; checked before any
+    output is written, with the optional libraries."""
+    from smitunet.dicom_io import require_dicom
+
+    unknown = [k for k in kinds if k not in DICOM_OUTPUTS]
+    if unknown:
+        raise SmitunetError(f"--dicom_output: unknown kind(s) {', '.join(unknown)}; "
+                            f"choose from {', '.join(DICOM_OUTPUTS)}")
+    not_series = [c for c in cases if len(c.channels) != 1 or not Path(c.channels[0]).is_dir()]
+    if not_series:
+        raise SmitunetError(f"--dicom_output needs DICOM series input (each case one series folder); "
+                            f"{not_series[0].channels[0]} is not a DICOM series"
+                            + (f" ({len(not_series)} such input(s))" if len(not_series) > 1 else ""))
+    require_dicom()
 
 
 def _check_compatible(models: list[FoldEnsemble]) -> None:
