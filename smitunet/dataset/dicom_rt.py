@@ -131,6 +131,13 @@ def scan_study(folder: Path, mapping: dict[str, list[str]]) -> Study:
     return Study(case, folder, _sorted_slices(case, slices), str(slices[0][1].Modality), rt, roi_numbers, missing)
 
 
+def _missing_report(study: Study, accepted: dict[str, list[str]]) -> str:
+    wanted = "; ".join(f"{label}: {', '.join(accepted[label])}" for label in study.missing)
+    present = ", ".join(sorted({str(r.ROIName) for r in getattr(study.rtstruct, "StructureSetROISequence", [])}))
+    return (f"study {study.case}: missing structure(s) {', '.join(study.missing)} (accepted ROI names {wanted}; "
+            f"the RTSTRUCT has {present or 'no ROIs'})")
+
+
 def _convert_study(study: Study, labels: dict[str, int], images_dir: Path, labels_dir: Path) -> None:
     import SimpleITK as sitk
 
@@ -179,15 +186,12 @@ def convert_dicom(studies_dir: str | Path, mapping: str | Path | Mapping, datase
     if len(modalities) != 1:
         raise SmitunetError(f"{studies_dir}: studies mix modalities {sorted(modalities)}; convert them separately")
     incomplete = [s for s in studies if s.missing]
-    for s in incomplete:
-        accepted_names = "; ".join(f"{label}: {', '.join(accepted[label])}" for label in s.missing)
-        logger.warning(f"study {s.case}: no ROI for {', '.join(s.missing)} (accepted {accepted_names}; "
-                       f"RTSTRUCT has {', '.join(sorted(set(r.ROIName for r in s.rtstruct.StructureSetROISequence)))})")
     if incomplete and not skip_missing:
-        first = incomplete[0]
         more = f" (and {len(incomplete) - 1} more stud(y/ies))" if len(incomplete) > 1 else ""
-        raise SmitunetError(f"study {first.case}: missing structure(s) {', '.join(first.missing)}{more}; "
+        raise SmitunetError(f"{_missing_report(incomplete[0], accepted)}{more}; "
                             "pass --skip_missing to leave such studies out")
+    for s in incomplete:
+        logger.warning(f"skipping {_missing_report(s, accepted)}")
     studies = [s for s in studies if not s.missing]
     if not studies:
         raise SmitunetError(f"{studies_dir}: every study misses a mapped structure; nothing to convert")
