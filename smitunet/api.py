@@ -6,6 +6,7 @@
     api.predict("imagesTs", "predictions", dataset=4)                 # a folder in, label files out
     labels = api.predict(image, dataset=4, geometry=geometry)          # an array (C, z, y, x) in, labels out
     api.evaluate("labelsTs", "predictions")
+    api.convert_dicom("studies", "mapping.json", 201, "HeadNeck")     # DICOM + RTSTRUCT studies -> raw dataset
 
 Errors a user can act on raise ``smitunet.errors.SmitunetError`` (one line naming the file or case); nothing here
 prints or exits. Progress and notes go to the ``smitunet`` logger (``configure_logging()`` shows them as the CLIs

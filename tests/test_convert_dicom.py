@@ -137,3 +137,15 @@ def test_uneven_slice_spacing_is_one_line_naming_the_study(smitunet_dirs, tmp_pa
     with pytest.raises(SystemExit):
         _convert(tmp_path / "studies")
     _fails_naming(capsys, smitunet_dirs, "s0", "uneven slice spacing")
+
+
+def test_missing_dicom_extra_is_one_line_naming_the_install(smitunet_dirs, tmp_path, capsys, monkeypatch):
+    import sys
+
+    make_studies(tmp_path / "studies", count=1)
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom -> ImportError, as when not installed
+    with pytest.raises(SystemExit):
+        _convert(tmp_path / "studies")
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and 'pip install -e ".[dicom]"' in err, err
+    assert list(smitunet_dirs["raw"].iterdir()) == []
