@@ -169,3 +169,19 @@ def test_missing_dicom_extra_is_one_line_naming_the_install(ct_model, tmp_path, 
     with pytest.raises(SystemExit):
         predict_main(["-i", str(tmp_path / "ct1"), "-o", str(tmp_path / "out"), "--dicom_output", "seg"])
     assert 'pip install -e ".[dicom]"' in _one_line_error(capsys) and not (tmp_path / "out").exists()
+
+
+def test_contours_keep_holes_islands_diagonals_and_border_voxels(tmp_path):
+    from smitunet.dicom_io import build_rtstruct_from_masks, roi_mask
+
+    volume, _ = phantom((4, 24, 24))
+    write_ct_series(tmp_path / "ct", volume)
+    series = load_series_headers(tmp_path / "ct", Geometry.of(read_sitk(tmp_path / "ct")))
+    mask = np.zeros((4, 24, 24), bool)
+    mask[1, 2:20, 2:20] = True
+    mask[1, 6:16, 6:16] = False          # a hole ...
+    mask[1, 9:12, 9:12] = True           # ... with an island in it
+    mask[2, 0:5, 0:24] = True            # touching the slice border
+    mask[3, 5, 5] = mask[3, 6, 6] = mask[3, 7, 5] = True   # single voxels touching only at corners
+    rt = build_rtstruct_from_masks(series, {"shape": (mask, (255, 0, 0))})
+    np.testing.assert_array_equal(roi_mask(rt, 1, series.geometry), mask)
