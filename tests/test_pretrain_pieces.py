@@ -225,4 +225,5 @@ def test_steps_prepared_by_worker_processes_equal_the_inline_ones():
         assert views.shape == (4, 1, 16, 16, 16)
         assert torch.equal(views, inline_views) and torch.equal(masks.tokens, inline_masks.tokens)
         assert torch.equal(masks.teacher_dropout, inline_masks.teacher_dropout)
+        assert torch.equal(masks.priority, inline_masks.priority)   # SMART's attention-guided mask draws
     assert not torch.equal(prepared[0][0], prepared[1][0])   # each step its own batch

@@ -41,6 +41,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block_size", type=int, nargs=3, default=d.block_voxels, metavar=("Z", "Y", "X"),
                    help="mask block size in voxels (default %(default)s)")
     p.add_argument("--teacher_drop_rate", type=float, default=d.teacher_drop_rate, help="SMART patch dropout rate")
+    smart = p.add_argument_group("SMART (--method smart)")
+    smart.add_argument("--smart_class_attention", choices=("on", "off"), default=on_off(d.smart_class_attention),
+                       help="class attention guides the student's mask and its class tokens are co-distilled; off = "
+                            "only the noisy teacher, with block masks (default %(default)s)")
+    smart.add_argument("--class_tokens", type=int, default=d.class_tokens, help="class tokens (default %(default)s)")
+    smart.add_argument("--class_attention_depth", type=int, default=d.class_attention_depth,
+                       help="class-attention blocks (default %(default)s)")
+    smart.add_argument("--attention_mask_share", type=float, default=d.attention_mask_share,
+                       help="share of the masked tokens that are the teacher's most attended ones, the rest random "
+                            "(default %(default)s)")
+    smart.add_argument("--class_weight", type=float, default=d.weight_class,
+                       help="weight of the class-token co-distillation (default %(default)s)")
+    gmim = p.add_argument_group("GMIM (--method gmim)")
+    gmim.add_argument("--gmim_siamese", choices=("on", "off"), default=on_off(d.gmim_siamese),
+                      help="Siamese target branch with the cross-correlation loss and MSE reconstruction; off = GMIM's "
+                           "masking with SMIT's distillation losses (default %(default)s)")
+    gmim.add_argument("--projection_dim", type=int, default=d.projection_dim,
+                      help="projection width of the cross-correlation (default %(default)s)")
+    gmim.add_argument("--correlation_lambda", "--lambd", type=float, default=d.correlation_lambda,
+                      help="weight of the off-diagonal terms in the cross-correlation loss (default %(default)s)")
+    gmim.add_argument("--correlation_weight", type=float, default=d.weight_correlation,
+                      help="weight of the cross-correlation loss beside the reconstruction (default %(default)s)")
     p.add_argument("--loss_weights", type=float, nargs=3, metavar=("REC", "PATCH", "GLOBAL"),
                    default=[d.weight_reconstruction, d.weight_patch, d.weight_global])
     p.add_argument("--lr", type=float, default=d.lr)
@@ -62,10 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def on_off(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
 def settings_from_args(args) -> PretrainSettings:
     s = PretrainSettings(method=args.method, mask_ratio=args.mask_ratio, block_voxels=list(args.block_size),
                          teacher_drop_rate=args.teacher_drop_rate, lr=args.lr,
-                         momentum_base=args.teacher_momentum, teacher_temperature=args.teacher_temperature)
+                         momentum_base=args.teacher_momentum, teacher_temperature=args.teacher_temperature,
+                         smart_class_attention=args.smart_class_attention == "on", class_tokens=args.class_tokens,
+                         class_attention_depth=args.class_attention_depth,
+                         attention_mask_share=args.attention_mask_share, weight_class=args.class_weight,
+                         gmim_siamese=args.gmim_siamese == "on", projection_dim=args.projection_dim,
+                         correlation_lambda=args.correlation_lambda, weight_correlation=args.correlation_weight)
     s.weight_reconstruction, s.weight_patch, s.weight_global = args.loss_weights
     s.validate()
     return s

@@ -17,7 +17,19 @@ class PretrainSettings:
     mask_ratio: float = 0.7
     block_voxels: list[int] = field(default_factory=lambda: [16, 16, 16])
     teacher_drop_rate: float = 0.2          # SMART: patch dropout of the teacher's input tokens
+    # SMART: class attention over the deepest tokens guides the student's mask; the class tokens are co-distilled.
+    smart_class_attention: bool = True
+    class_tokens: int = 1                   # CaiT uses one class token ...
+    class_attention_depth: int = 2          # ... and two class-attention blocks
+    attention_mask_share: float = 0.5       # of the masked tokens: the teacher's top-attended ones; the rest random
+    weight_class: float = 0.1               # as the global (cross-view) distillation term
     gmim: GmimSettings = field(default_factory=GmimSettings)
+    # GMIM: Siamese target branch (same weights, no gradient) on an intensity-augmented unmasked view, pulled to
+    # the online branch by a cross-correlation (redundancy-reduction) loss beside an MSE reconstruction.
+    gmim_siamese: bool = True
+    projection_dim: int = 512
+    correlation_lambda: float = 0.005       # weight of the off-diagonal terms inside the loss
+    weight_correlation: float = 0.005       # weight of the loss beside the reconstruction (weight 1)
     weight_reconstruction: float = 1.0
     weight_patch: float = 0.1
     weight_global: float = 0.1
@@ -51,8 +63,23 @@ class PretrainSettings:
             raise SmitunetError(f"--teacher_momentum must be in [0, 1], got {self.momentum_base}")
         if self.teacher_temperature <= 0 or self.student_temperature <= 0:
             raise SmitunetError("temperatures must be positive")
-        if min(self.weight_reconstruction, self.weight_patch, self.weight_global) < 0:
-            raise SmitunetError("loss weights must not be negative")
+        if min(self.weight_reconstruction, self.weight_patch, self.weight_global, self.weight_class,
+               self.weight_correlation, self.correlation_lambda) < 0:
+            raise SmitunetError("loss weights (and --correlation_lambda) must not be negative")
+        if not 0.0 <= self.attention_mask_share <= 1.0:
+            raise SmitunetError(f"--attention_mask_share must be in [0, 1], got {self.attention_mask_share}")
+        if self.class_tokens < 1 or self.class_attention_depth < 1:
+            raise SmitunetError("--class_tokens and --class_attention_depth must be at least 1")
+        if self.projection_dim < 1:
+            raise SmitunetError(f"--projection_dim must be at least 1, got {self.projection_dim}")
+
+    @property
+    def uses_class_attention(self) -> bool:
+        return self.method == "smart" and self.smart_class_attention
+
+    @property
+    def uses_siamese(self) -> bool:
+        return self.method == "gmim" and self.gmim_siamese
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +87,13 @@ class PretrainSettings:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PretrainSettings":
         d = dict(d)
+        # SMART / GMIM metas written before these switches had neither half: read them as what those runs did
+        # (other methods ignore the switch, so they keep today's default and an old SMIT state still resumes)
+        method = d.get("method", cls.method)
+        if method == "smart":
+            d.setdefault("smart_class_attention", False)
+        if method == "gmim":
+            d.setdefault("gmim_siamese", False)
         gmim = d.pop("gmim", {})
         gmim = GmimSettings(**{**gmim, "cell_tokens": tuple(gmim.get("cell_tokens", GmimSettings.cell_tokens))})
         return cls(gmim=gmim, **d)

@@ -9,6 +9,8 @@ Per view:
    more often while the mean ratio stays ``ratio``. Inside a cell the masked tokens are drawn at random.
 4. Hierarchical re-masking: at every deeper stage a further ``remask_ratio`` of the still-visible stage tokens is
    replaced by a learnable per-stage token, so the deep layers must infer content too.
+5. Siamese branch (``target_views``): the target network sees each crop again, unmasked, after an intensity
+   augmentation (gamma contrast, intensity shift, Gaussian noise; GMIM's probabilities and ranges).
 """
 
 from __future__ import annotations
@@ -116,3 +118,27 @@ def hierarchical_remasks(mask: torch.Tensor, grid: Sequence[int], stage_factors:
                 remask[b, candidates[np.argsort(draw[b, candidates])[:k]]] = True
         remasks.append(torch.from_numpy(remask))
     return remasks
+
+
+# GMIM's target-view augmentation: (probability, range) per transform; intensities are z-scored, so a shift of 0.4
+# is 0.4 standard deviations.
+CONTRAST = (0.7, (0.7, 1.5))      # gamma
+SHIFT = (0.4, (-0.4, 0.4))        # additive offset
+NOISE = (0.5, (0.0, 0.05))        # standard deviation of zero-mean Gaussian noise
+
+
+def target_views(views: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Intensity-augmented copies of ``views`` (B, C, z, y, x), each transform applied per view with its
+    probability; the geometry is untouched so that target token i lies where online token i does."""
+    out = np.array(views, dtype=np.float32, copy=True)
+    for v in out:
+        if rng.random() < CONTRAST[0]:
+            gamma = rng.uniform(*CONTRAST[1])
+            lo, hi = float(v.min()), float(v.max())
+            span = max(hi - lo, 1e-7)
+            v[...] = ((v - lo) / span) ** gamma * span + lo
+        if rng.random() < SHIFT[0]:
+            v += np.float32(rng.uniform(*SHIFT[1]))
+        if rng.random() < NOISE[0]:
+            v += rng.normal(0.0, rng.uniform(*NOISE[1]), size=v.shape).astype(np.float32)
+    return out

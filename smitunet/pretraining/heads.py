@@ -1,4 +1,4 @@
-"""Pretraining heads: a light reconstruction head and DINO/iBOT-style projection heads.
+"""Pretraining heads: a light reconstruction head, DINO/iBOT-style projection heads and SMART's class attention.
 
 They live only in the pretraining model; ``smit.pt`` exports the encoder alone.
 """
@@ -68,3 +68,56 @@ class ProjectionHead(nn.Module):
         z = self.mlp(x.reshape(-1, x.shape[-1]))  # BatchNorm1d wants (items, features)
         z = F.normalize(z, dim=-1)
         return F.linear(z, F.normalize(self.prototypes, dim=-1)).view(*leading, -1)
+
+
+class ClassAttentionBlock(nn.Module):
+    """CaiT class attention: the class tokens query the patch tokens; the patch tokens are not updated.
+
+    Keys and values come from the patch tokens only (CaiT also lets the class tokens attend to themselves), so each
+    class token's attention is a distribution over the final-stage tokens that can rank them for masking.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.norm1 = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, cls: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cls`` (B, K, C), ``tokens`` (B, N, C) -> updated class tokens (B, K, C), attention (B, heads, K, N)."""
+        b, k, c = cls.shape
+        n, h = tokens.shape[1], self.num_heads
+        q = self.q(self.norm1(cls)).view(b, k, h, c // h).transpose(1, 2)
+        kv = self.kv(self.norm1(tokens)).view(b, n, 2, h, c // h).permute(2, 0, 3, 1, 4)
+        attention = ((q * self.scale) @ kv[0].transpose(-2, -1)).softmax(dim=-1)
+        mixed = (attention @ kv[1]).transpose(1, 2).reshape(b, k, c)
+        cls = cls + self.proj(mixed)
+        return cls + self.mlp(self.norm2(cls)), attention
+
+
+class ClassAttentionHead(nn.Module):
+    """SMART's semantic class attention for Swin (which has no [CLS] token): ``num_tokens`` learnt class tokens
+    attend over the deepest stage's tokens through ``depth`` CaiT class-attention blocks. Pretraining only."""
+
+    def __init__(self, dim: int, num_tokens: int = 1, depth: int = 2, num_heads: int | None = None):
+        super().__init__()
+        # the most heads (up to 8) that divide the width: any Swin width has one
+        heads = num_heads or max(h for h in range(1, 9) if dim % h == 0)
+        self.class_tokens = nn.Parameter(torch.zeros(1, num_tokens, dim))
+        nn.init.trunc_normal_(self.class_tokens, std=0.02)
+        self.blocks = nn.ModuleList(ClassAttentionBlock(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``tokens`` (B, N, C) -> class tokens (B, K, C) and the last block's attention (B, heads, K, N)."""
+        cls = self.class_tokens.expand(tokens.shape[0], -1, -1)
+        attention = None
+        for block in self.blocks:
+            cls, attention = block(cls, tokens)
+        return self.norm(cls), attention

@@ -1,4 +1,5 @@
-"""Pretraining losses: L1 on masked voxels, self-distillation cross-entropy, centering, teacher temperature."""
+"""Pretraining losses: L1 / MSE on masked voxels, self-distillation cross-entropy, centering, teacher temperature,
+GMIM's cross-correlation (redundancy reduction)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,36 @@ def masked_l1(prediction: torch.Tensor, target: torch.Tensor, voxel_mask: torch.
     mask = voxel_mask.to(prediction.dtype).expand_as(prediction)
     total = mask.sum()
     return ((prediction - target).abs() * mask).sum() / total.clamp_min(1.0)
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, voxel_mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the masked voxels only (GMIM's reconstruction); zero when nothing is masked."""
+    mask = voxel_mask.to(prediction.dtype).expand_as(prediction)
+    return ((prediction - target).square() * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def standardise(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Zero mean, unit (biased) variance of each feature over the items axis (-2): BatchNorm without affine."""
+    mean = z.mean(dim=-2, keepdim=True)
+    var = z.var(dim=-2, unbiased=False, keepdim=True)
+    return (z - mean) / torch.sqrt(var + eps)
+
+
+def cross_correlation_loss(z_a: torch.Tensor, z_b: torch.Tensor, lambd: float = 0.005,
+                           normalise: bool = True) -> torch.Tensor:
+    """Barlow Twins' redundancy reduction: C = z_a^T z_b / n over the n items of ``(n, d)`` (or ``(B, n, d)``:
+    one C per sample, averaged), loss = sum_i (C_ii - 1)^2 + lambd * sum_{i != j} C_ij^2.
+
+    ``normalise`` standardises every feature over the items first (Barlow Twins' BatchNorm), so C is a correlation
+    matrix: its diagonal can reach 1 and the loss cannot be lowered by scaling the features.
+    """
+    if normalise:
+        z_a, z_b = standardise(z_a), standardise(z_b)
+    c = z_a.transpose(-2, -1) @ z_b / z_a.shape[-2]
+    diagonal = torch.diagonal(c, dim1=-2, dim2=-1)
+    on = (diagonal - 1).square().sum(dim=-1)
+    off = c.square().sum(dim=(-2, -1)) - diagonal.square().sum(dim=-1)
+    return (on + lambd * off).mean()
 
 
 def teacher_probabilities(teacher_logits: torch.Tensor, center: torch.Tensor, temperature: float) -> torch.Tensor:

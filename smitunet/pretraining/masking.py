@@ -6,6 +6,8 @@ the network patch divided by the patch-embedding stride, so one token covers ``s
 - ``block_mask``: SMIT's block masking: the grid is cut into blocks (default 16^3 voxels), blocks are masked in
   random order until the mask ratio is reached, so every block is either wholly masked or wholly visible.
 - ``token_dropout_mask``: SMART's patch dropout of the teacher's input tokens (independent per token).
+- ``attention_guided_mask``: SMART's (AttMask-style) mask: the tokens the teacher's class attention ranks highest,
+  the rest drawn at random; ``scores_to_grid`` brings the deepest stage's scores to the token grid.
 - ``tokens_to_voxels`` / ``masked_fraction_at``: the same mask at voxel resolution (for the L1 on masked voxels)
   or pooled to a coarser stage grid (for patch-token distillation on masked tokens).
 """
@@ -92,3 +94,36 @@ def masked_fraction_at(mask: torch.Tensor, grid: Sequence[int], factor: Sequence
     if any(f > 1 for f in factor):
         m = F.avg_pool3d(m, kernel_size=factor, stride=factor)
     return m.flatten(1)
+
+
+def scores_to_grid(scores: torch.Tensor, grid: Sequence[int], factor: Sequence[int]) -> torch.Tensor:
+    """Deepest-stage scores ``(B, N_deep)`` -> token-grid scores ``(B, prod(grid))`` by nearest upsampling.
+
+    Nearest, not trilinear: every token inherits the score of the deepest token whose receptive box holds it, so a
+    highly attended deepest token masks its whole box (a block, as SMIT's masks are) rather than a blurred rim.
+    """
+    coarse = [g // int(f) for g, f in zip(grid, factor)]
+    up = scores.view(scores.shape[0], 1, *coarse).to(torch.float32)
+    if list(coarse) != list(grid):
+        up = F.interpolate(up, size=list(grid), mode="nearest")
+    return up.flatten(1)
+
+
+def attention_guided_mask(scores: torch.Tensor, priority: torch.Tensor, ratio: float, share: float) -> torch.Tensor:
+    """Bool ``(B, N)``: ``round(ratio * N)`` tokens per row, of which ``round(share * that)`` are the highest-scored
+    (ties broken by ``priority``) and the rest the lowest-``priority`` ones among the others.
+
+    ``priority`` is a uniform random ``(B, N)`` drawn with the step's seed, so the mask stays a pure function of the
+    step (resume and worker processes give the same stream) given the teacher's scores.
+    """
+    b, n = scores.shape
+    total = int(round(ratio * n))
+    top = int(round(share * total))
+    shuffled = torch.argsort(priority, dim=1)                  # random order: equal scores keep it (stable sort)
+    by_score = torch.argsort(-scores.gather(1, shuffled), dim=1, stable=True)
+    ranked = shuffled.gather(1, by_score)
+    mask = torch.zeros(b, n, dtype=torch.bool, device=scores.device)
+    mask.scatter_(1, ranked[:, :top], True)
+    rest = torch.argsort(priority.masked_fill(mask, float("inf")), dim=1)[:, :total - top]
+    mask.scatter_(1, rest, True)
+    return mask

@@ -11,6 +11,14 @@ from smitunet.utils.files import atomic_path, save_json
 TERMS = ("loss", "reconstruction", "patch", "global")
 
 
+def terms_for(settings) -> tuple[str, ...]:
+    """The logged loss terms of a run: SMIT's four, SMART's plus ``class``, GMIM-Siamese's reconstruction and
+    ``correlation``."""
+    if settings.uses_siamese:
+        return ("loss", "reconstruction", "correlation")
+    return TERMS + ("class",) if settings.uses_class_attention else TERMS
+
+
 def output_paths(output: Path) -> dict[str, Path]:
     stem = output.name[: -len(output.suffix)] if output.suffix else output.name
     return {"state": output.with_name(f"{stem}_state.pt"), "json": output.with_name(f"{stem}_log.json"),
@@ -37,8 +45,9 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, len(TERMS), figsize=(4 * len(TERMS), 3.5))
-    for ax, term in zip(axes, TERMS):
+    terms = [t for t in (*TERMS, "class", "correlation") if t in rows[-1]]
+    fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.5))
+    for ax, term in zip(axes, terms):
         ax.plot(epochs, [r[term] for r in rows], marker="o" if len(rows) < 30 else None)
         ax.set_title(term)
         ax.set_xlabel("epoch")

@@ -28,7 +28,7 @@ from smitunet.pretraining.export import save_official, save_pretrained
 from smitunet.pretraining.losses import teacher_temperature, update_center
 from smitunet.pretraining.model import PretrainNetwork
 from smitunet.pretraining.objective import StepMasks, pretraining_losses
-from smitunet.pretraining.progress import TERMS, output_paths, write_logs
+from smitunet.pretraining.progress import output_paths, terms_for, write_logs
 from smitunet.pretraining.views import StepBatches, ViewSampler
 from smitunet.utils.distributed import DistContext
 from smitunet.utils.log import logger
@@ -86,7 +86,11 @@ class PretrainingRun:
         self.student = PretrainNetwork(model.encoder, in_channels, kwargs["strides"], settings.out_dim,
                                        settings.hidden_dim, settings.bottleneck_dim,
                                        stage_mask_tokens=settings.method == "gmim",
-                                       head_batch_norm=settings.head_batch_norm).to(self.device)
+                                       head_batch_norm=settings.head_batch_norm,
+                                       class_tokens=settings.class_tokens if settings.uses_class_attention else 0,
+                                       class_attention_depth=settings.class_attention_depth,
+                                       projection_dim=settings.projection_dim if settings.uses_siamese else 0
+                                       ).to(self.device)
         if self.dist.enabled and self.device.type == "cuda":  # head statistics over the global batch (DINO);
             # SyncBatchNorm has no CPU kernel, so gloo runs keep per-process statistics
             self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
@@ -94,7 +98,9 @@ class PretrainingRun:
         self.teacher = make_teacher(self.student)
         self.grid = [p // s for p, s in zip(options.patch, self.student.token_stride)]
         self.optimizer = torch.optim.AdamW(parameter_groups(self.student, settings.weight_decay), lr=settings.lr)
-        self.centers = {name: torch.zeros(1, settings.out_dim, device=self.device) for name in ("patch", "global")}
+        centred = ("patch", "global", "class") if settings.uses_class_attention else ("patch", "global")
+        self.centers = {name: torch.zeros(1, settings.out_dim, device=self.device) for name in centred}
+        self.terms = terms_for(settings)
         self.sampler = ViewSampler(volumes, options.patch, options.batch_size, options.seed, self.dist.rank)
         self.step, self.epoch, self.rows = 0, 0, []
         self.paths = output_paths(Path(options.output))
@@ -143,10 +149,11 @@ class PretrainingRun:
         total.backward()
         torch.nn.utils.clip_grad_norm_(self.student.parameters(), s.grad_clip)
         self.optimizer.step()
-        momentum = momentum_at(step, self.total_steps, s.momentum_base, s.momentum_final)
+        # GMIM's target is no moving average: it takes the online weights again after every step (momentum 0)
+        momentum = 0.0 if s.uses_siamese else momentum_at(step, self.total_steps, s.momentum_base, s.momentum_final)
         ema_update(self.teacher, self.student, momentum)
-        for name in self.centers:
-            self.centers[name] = update_center(self.centers[name], teacher_logits[name], s.center_momentum)
+        for name, logits in teacher_logits.items():
+            self.centers[name] = update_center(self.centers[name], logits, s.center_momentum)
         return {**terms, "lr": lr, "momentum": momentum, "teacher_temperature": self.teacher_temp(step)}
 
     # -- epochs ------------------------------------------------------------------------------------------
@@ -157,29 +164,31 @@ class PretrainingRun:
         show = self.dist.is_main and sys.stderr.isatty()
         stream = self.batch_stream()
         while self.epoch < self.options.epochs:
-            start, sums, last = time.time(), dict.fromkeys(TERMS, 0.0), {}
+            start, sums, last = time.time(), dict.fromkeys(self.terms, 0.0), {}
             bar = tqdm(range(self.options.iters_per_epoch), desc=f"epoch {self.epoch}", disable=not show)
             for _ in bar:
                 last = self.train_step(self.step, next(stream))
                 self.step += 1
-                for key in TERMS:
+                for key in self.terms:
                     sums[key] += last[key]
-                bar.set_postfix({k: f"{last[k]:.3f}" for k in TERMS})
-            means = self._mean_over_processes([sums[k] / self.options.iters_per_epoch for k in TERMS])
-            row = {"epoch": self.epoch, "step": self.step, **dict(zip(TERMS, means)), "lr": last["lr"],
+                bar.set_postfix({k: f"{last[k]:.3f}" for k in self.terms})
+            means = self._mean_over_processes([sums[k] / self.options.iters_per_epoch for k in self.terms])
+            row = {"epoch": self.epoch, "step": self.step, **dict(zip(self.terms, means)), "lr": last["lr"],
                    "momentum": last["momentum"], "teacher_temperature": last["teacher_temperature"],
                    "epoch_time": time.time() - start}
             self.rows.append(row)
             self.epoch += 1
             self.save()
             if self.dist.is_main:
-                logger.info(f"epoch {row['epoch']}: " + ", ".join(f"{k} {row[k]:.4f}" for k in TERMS)
+                logger.info(f"epoch {row['epoch']}: " + ", ".join(f"{k} {row[k]:.4f}" for k in self.terms)
                             + f", {row['epoch_time']:.1f} s")
         if self.options.export_official is not None and self.dist.is_main:
             save_official(self.options.export_official, self.exported_encoder())
 
     def _warn_short_teacher_horizon(self) -> None:
         horizon = 1.0 / max(1.0 - self.settings.momentum_base, 1e-9)  # steps the EMA averages over
+        if self.settings.uses_siamese:  # the target is a copy of the online network, not an average
+            return
         if self.options.export_weights == "teacher" and self.total_steps < 4 * horizon and self.dist.is_main:
             logger.warning(f"warning: {self.total_steps} steps is short for a teacher momentum of "
                            f"{self.settings.momentum_base} (it averages ~{horizon:.0f} steps), so the exported teacher "
@@ -249,6 +258,7 @@ class PretrainingRun:
         if state["network"] != self.network:
             raise SmitunetError(f"{path}: was made with another network ({state['network']['name']}, "
                                 f"patch {state['network']['kwargs'].get('patch_size')}); use the same settings")
-        if state["settings"] != self.settings.to_dict():
-            changed = sorted(k for k, v in self.settings.to_dict().items() if state["settings"].get(k) != v)
+        stored = PretrainSettings.from_dict(state["settings"]).to_dict()  # older states lack the newer keys
+        if stored != self.settings.to_dict():
+            changed = sorted(k for k, v in self.settings.to_dict().items() if stored.get(k) != v)
             raise SmitunetError(f"{path}: was made with other pretraining settings ({', '.join(changed)})")
