@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part_id", type=int, default=0, help="which part this worker predicts (0-based)")
     p.add_argument("-npp", "--num_processes", type=int, default=1,
                    help="background threads reading/preprocessing ahead and exporting behind (0: none)")
+    p.add_argument("--strict", action="store_true",
+                   help="check every input first and stop before writing anything if one is bad (default: each bad "
+                        "case is one line and skipped, the others are predicted, and the exit code is non-zero)")
     p.add_argument("--disable_postprocessing", action="store_true",
                    help="ignore postprocessing.json from smitunet_find_best_configuration")
     return p
@@ -55,7 +58,7 @@ def options_from_args(args) -> PredictionOptions:
                              save_probabilities=args.save_probabilities,
                              continue_prediction=args.continue_prediction, num_parts=args.num_parts,
                              part_id=args.part_id, num_processes=args.num_processes,
-                             apply_postprocessing=not args.disable_postprocessing)
+                             apply_postprocessing=not args.disable_postprocessing, strict=args.strict)
 
 
 @cli_entry
