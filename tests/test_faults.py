@@ -326,3 +326,18 @@ def test_pretrain_and_evaluate_faults_are_one_line(tmp_path, capsys):
     _cli_fails(evaluate_main, [str(gt), str(pred)], capsys, "a.nii.gz")
     write_image(labels, GEO, pred / "a.nii.gz")
     _cli_fails(evaluate_main, [str(gt), str(pred), "-o", "/proc/nope/summary.json"], capsys, "/proc/nope")
+
+
+def test_full_disk_at_preprocessing_is_one_line_and_keeps_the_previous_files(smitunet_dirs, capsys):
+    from smitunet.dataset.synthetic import generate_synthetic_dataset
+    from smitunet.preprocessing.cli import main as plan_main
+
+    generate_synthetic_dataset(smitunet_dirs["raw"], num_training=2, num_test=0, shape=(20, 24, 22))
+    plan_main(["-d", "999", "--preset", "smit_tiny", "-np", "1"])
+    stored = {p: p.read_bytes() for p in smitunet_dirs["preprocessed"].rglob("*.npy")}
+    assert any(len(b) > 16384 for b in stored.values())  # the image arrays exceed the limit below
+    proc = _run_cli("smitunet.preprocessing.cli", ["-d", "999", "--preset", "smit_tiny", "-np", "1", "--clean"],
+                    preexec_fn=_file_size_limit(16384))
+    _one_line_error(proc, ".npy", "cannot write", "the previous file, if any, is unchanged")
+    assert {p: p.read_bytes() for p in smitunet_dirs["preprocessed"].rglob("*.npy")} == stored
+    assert not list(smitunet_dirs["preprocessed"].rglob("*.part*"))

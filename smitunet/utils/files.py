@@ -61,8 +61,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         if isinstance(exc, OSError):
-            raise SmitunetError(f"{path}: cannot write ({exc.strerror or exc}); the previous file, if any, is "
-                                "unchanged") from None
+            # numpy reports a short write without an errno: say what usually causes it
+            reason = exc.strerror or f"{exc}: a short write, the disk is full or a file-size limit was reached"
+            raise SmitunetError(f"{path}: cannot write ({reason}); the previous file, if any, is unchanged") from None
         raise
 
 
