@@ -341,3 +341,13 @@ def test_full_disk_at_preprocessing_is_one_line_and_keeps_the_previous_files(smi
     _one_line_error(proc, ".npy", "cannot write", "the previous file, if any, is unchanged")
     assert {p: p.read_bytes() for p in smitunet_dirs["preprocessed"].rglob("*.npy")} == stored
     assert not list(smitunet_dirs["preprocessed"].rglob("*.part*"))
+
+
+def test_full_disk_during_training_is_one_line(smitunet_dirs):
+    make_preprocessed_dataset(smitunet_dirs["preprocessed"], num_cases=2)
+    proc = _run_cli("smitunet.training.cli", ["901", "3d_fullres", "0", "--epochs", "1", "--iters_per_epoch", "1",
+                                              "--device", "cpu", "--num_workers", "0"],
+                    preexec_fn=_file_size_limit(65536))   # the logs fit, a checkpoint does not
+    _one_line_error(proc, ".pt", "cannot write", "the disk is full or a file-size limit was reached")
+    fold = next(smitunet_dirs["results"].rglob("fold_0"))
+    assert not list(fold.glob("*.pt")) and not list(fold.glob(".*part*"))
