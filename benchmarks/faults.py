@@ -1,7 +1,7 @@
 """Fault scenarios of issue 15, run through the real CLIs: bad inputs, unreadable files, unwritable or full
 destinations. Prints (and writes under benchmarks/results/) a table scenario | expected | observed | pass.
 
-    python benchmarks/faults.py            # 3 min on the loaded 2-core machine (20 CLI runs); needs no data
+    python benchmarks/faults.py            # 1.5 min on the loaded 2-core machine (23 CLI runs); needs no data
 
 The model is an untrained smit_tiny written directly (what it predicts does not matter here, only what the commands
 do with bad input); a small synthetic dataset is planned and preprocessed for the training scenarios.
@@ -152,6 +152,30 @@ def scenarios(work: Path, env: dict) -> list[list]:
             (pp / name).unlink()
         else:
             (pp / name).write_bytes(saved)
+
+    proc = run("smitunet.training.cli", train, env, fsize=65536)   # the logs fit, a checkpoint does not
+    fold = Path(env["smitunet_results"]) / "Dataset999_Synthetic" / "SMITTrainer__smitunetPlans__3d_fullres" / "fold_0"
+    ok, seen = one_line(proc, ".pt")
+    rows.append(["train, file-size limit 64 KiB (full disk)", "one line naming the checkpoint, no .pt left", seen,
+                 ok and not list(fold.glob("*.pt")) and not list(fold.glob(".*part*"))])
+
+    images = work / "pretrain_images"
+    for i in range(2):
+        write_image(image(10 + i, (32, 32, 32)), Geometry((1.0,) * 3, (0.0,) * 3, EYE, (32, 32, 32)),
+                    images / f"good{i}.nii.gz")
+    inputs(images, "truncated")
+    (images / "good_0000.nii.gz").unlink()
+    pretrain = ["-i", str(images), "--preset", "smit_tiny", "--patch", "32", "32", "32", "--batch_size", "1",
+                "--iters_per_epoch", "1", "--epochs", "1", "--device", "cpu", "--num_workers", "0"]
+    proc = run("smitunet.pretraining.cli", ["-o", str(work / "smit.pt"), *pretrain], env)
+    skipped = [line for line in proc.stderr.splitlines() if "skipped: case" in line and "bad_0000" in line]
+    ok, seen = one_line(proc, "1 image(s) failed the checks")
+    rows.append(["pretrain: truncated image among good", "one line for it; trained on the others; exit 2", seen,
+                 ok and len(skipped) == 1 and (work / "smit.pt").is_file()])
+    proc = run("smitunet.pretraining.cli", ["-o", str(work / "strict.pt"), "--strict", *pretrain], env)
+    ok, seen = one_line(proc, "--strict")
+    rows.append(["pretrain --strict: truncated image", "one line, nothing trained", seen,
+                 ok and not (work / "strict.pt").exists()])
 
     proc = run("smitunet.training.cli", train, {**env, "smitunet_results": "/proc/nope"})
     rows.append(["train: results folder /proc/nope", "one line naming the folder", *_named(proc, "/proc/nope")])
