@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,12 +117,39 @@ def test_predict_channel_geometry_mismatch_is_a_bad_case(smitunet_dirs, tmp_path
     assert [p.name for p in (tmp_path / "out").glob("*.nii.gz")] == ["ok.nii.gz"]
 
 
+def test_predict_2d_image_is_a_bad_case(model, tmp_path, capsys):
+    import SimpleITK as sitk
+
+    write_case(tmp_path / "in", "good", GEO)
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((30, 30), np.float32)), str(tmp_path / "in" / "flat_0000.nii.gz"))
+    with pytest.raises(SystemExit):
+        predict_main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--disable_tta"])
+    err = capsys.readouterr().err
+    assert any("case flat" in line and "is 2D; expected a 3D image" in line for line in err.splitlines()), err
+    assert [p.name for p in (tmp_path / "out").glob("*.nii.gz")] == ["good.nii.gz"]
+
+
+def test_predict_array_refuses_nan_and_single_slices(model):
+    from smitunet.errors import SmitunetError
+    from smitunet.inference.predictor import PredictionOptions, Predictor
+
+    folder = next(model["results"].glob("*/*__3d_fullres"))
+    predictor = Predictor.from_model_folder(folder, ["0"], options=PredictionOptions(use_tta=False, device="cpu"))
+    data = np.ones(GEO.shape_zyx, np.float32)
+    data[1, 2, 3] = np.nan
+    with pytest.raises(SmitunetError, match="NaN or Inf"):
+        predictor.predict_array(data, GEO)
+    flat = Geometry((1.0,) * 3, (0.0,) * 3, GEO.direction, (40, 40, 1))
+    with pytest.raises(SmitunetError, match="single slice"):
+        predictor.predict_array(np.ones(flat.shape_zyx, np.float32), flat)
+
+
 # --- 2. file modes -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("umask", [0o022, 0o002])
 def test_written_files_follow_the_umask(tmp_path, umask):
     from smitunet.checkpoint_io import save_checkpoint
-    from smitunet.utils.files import save_json, save_npy
+    from smitunet.utils.files import atomic_path, save_json, save_npy
 
     old = os.umask(umask)
     try:
@@ -130,9 +157,11 @@ def test_written_files_follow_the_umask(tmp_path, umask):
         save_npy(np.zeros(3), tmp_path / "x.npy")
         save_checkpoint({"w": torch.zeros(2)}, tmp_path / "x.pt")
         write_image(np.zeros(GEO.shape_zyx, np.float32), GEO, tmp_path / "x.nii.gz")
+        with atomic_path(tmp_path / "copied.nii.gz") as tmp:  # as smitunet_convert_msd copies files
+            shutil.copyfile(tmp_path / "x.nii.gz", tmp)
     finally:
         os.umask(old)
-    for name in ("x.json", "x.npy", "x.pt", "x.nii.gz"):
+    for name in ("x.json", "x.npy", "x.pt", "x.nii.gz", "copied.nii.gz"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
@@ -351,3 +380,23 @@ def test_full_disk_during_training_is_one_line(smitunet_dirs):
     _one_line_error(proc, ".pt", "cannot write", "the disk is full or a file-size limit was reached")
     fold = next(smitunet_dirs["results"].rglob("fold_0"))
     assert not list(fold.glob("*.pt")) and not list(fold.glob(".*part*"))
+
+
+def test_find_best_configuration_and_convert_msd_faults_are_one_line(smitunet_dirs, tmp_path, capsys):
+    from smitunet.dataset.msd import main as msd_main
+    from smitunet.evaluation.best_configuration import main as best_main
+    from support.crossval import NAME, raw_dataset, validation_predictions
+
+    refs = raw_dataset(smitunet_dirs["raw"])
+    model_dir = save_tiny_model(smitunet_dirs["results"], tiny_plans(dataset_name=NAME), folds=(0, 1))
+    validation_predictions(model_dir, refs, shrink=0, stray=False)
+    truncated = model_dir / "fold_0" / "validation" / "c0.nii.gz"
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    _cli_fails(best_main, ["990", "-f", "0", "1", "--disable_ensembling"], capsys, "c0.nii.gz")
+    (smitunet_dirs["raw"] / NAME / "dataset.json").write_bytes(b"\xff binary")
+    _cli_fails(best_main, ["990", "-f", "0", "1"], capsys, "dataset.json")
+
+    task = tmp_path / "Task05_Bad"
+    task.mkdir()
+    (task / "dataset.json").write_bytes(b"{\"modality\": ")
+    _cli_fails(msd_main, ["-i", str(task)], capsys, "dataset.json")
