@@ -135,7 +135,6 @@ def _ct_statistics(sources: list[ImageSource], channels: list[int], seed: int) -
             data, _ = read_checked_volume(source.name, source.paths)
         except BadInputError:
             continue  # left out of the statistics; reported once, when preprocess_sources skips it
-
         for c in channels:
             values = data[c][data[c] != 0]
             if values.size:
