@@ -118,8 +118,8 @@ def predict(images: str | Path | np.ndarray, output: str | Path | None = None, *
     (C, z, y, x) or (z, y, x) with its ``geometry``: the labels (z, y, x) are returned and nothing is written.
     ``options`` is a ``PredictionOptions`` (default: mirroring, auto device)."""
     from smitunet.inference.model_folder import choose_models, postprocessing_for, resolve_folds
+    from smitunet.errors import CasesFailedError
     from smitunet.inference.predictor import PredictionOptions, Predictor
-    from smitunet.utils.files import save_json
 
     options = options or PredictionOptions()
     if options.dicom_output:  # checked before the models load: a wrong input costs nothing and writes nothing
@@ -143,13 +143,23 @@ def predict(images: str | Path | np.ndarray, output: str | Path | None = None, *
         return predictor.predict_array(images, geometry)
     if output is None:
         raise SmitunetError("predicting a folder needs an output folder")
-    written = predictor.predict_folder(images, output)
+    try:
+        written = predictor.predict_folder(images, output)
+    except CasesFailedError:
+        _save_prediction_settings(output, models, chosen, checkpoint, predictor, settings_extra)  # for the others
+        raise
+    _save_prediction_settings(output, models, chosen, checkpoint, predictor, settings_extra)
+    return written
+
+
+def _save_prediction_settings(output, models, chosen, checkpoint, predictor, settings_extra) -> None:
+    from smitunet.utils.files import save_json
+
     identifiers = [m.identifier for m in models]
     # The caller's settings first: the resolved folds and models must not be overwritten by the raw ``-f`` (None).
     save_json({**(settings_extra or {}), "model": identifiers[0] if len(models) == 1 else " + ".join(identifiers),
                "models": identifiers, "folds": chosen[0] if len(models) == 1 else chosen, "checkpoint": checkpoint,
                "postprocessing": predictor.postprocessing}, Path(output) / "prediction_settings.json")
-    return written
 
 
 def evaluate(reference_folder: str | Path, prediction_folder: str | Path, *, labels=None,

@@ -7,6 +7,7 @@ never runs.
 
 from __future__ import annotations
 
+import errno
 import pickle
 import re
 from dataclasses import dataclass, field, fields
@@ -40,7 +41,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def save_checkpoint(obj: Any, path: str | Path) -> None:
     """Save atomically; ``obj`` must hold only tensors and plain Python containers/primitives."""
     with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:
+            # torch's zip writer reports a failed write (full disk, file-size limit) as a RuntimeError
+            first = (str(exc).splitlines() or [""])[0][:120]
+            raise OSError(errno.EIO, f"torch.save could not write the file ({first}): the disk is full or a "
+                                     "file-size limit was reached") from None
 
 
 TRAINING_CHECKPOINT_VERSION = 1

@@ -21,8 +21,8 @@ FINGERPRINT_VERSION = 1
 def _read(path: str | Path, what: str) -> Any:
     try:
         return load_json(path)
-    except (OSError, ValueError) as exc:
-        raise SmitunetError(f"{path}: not {what} ({exc})") from None
+    except SmitunetError as exc:
+        raise SmitunetError(f"{path}: not {what} ({str(exc).removeprefix(f'{path}: ')})") from None
 
 
 def _checked(cls, d: Any, source: str, version: int | None = None, rerun: str = ""):

@@ -19,6 +19,31 @@ class DatasetIntegrityError(SmitunetError):
                          + "\n".join(self.problems))
 
 
+class BadInputError(SmitunetError):
+    """One input case (or image) failed its checks: skipped by default, fatal under --strict. Its message is one
+    line naming the case; ``problems`` holds each fault."""
+
+    def __init__(self, case: str, problems: list[str]):
+        self.case = case
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+    def __reduce__(self):  # raised in worker processes too
+        return type(self), (self.case, self.problems)
+
+
+class CasesFailedError(SmitunetError):
+    """Some cases were skipped (their faults were logged one line each); the others were processed."""
+
+    def __init__(self, message: str, failed: dict[str, str], done: list | None = None):
+        self.failed = dict(failed)
+        self.done = list(done or [])
+        super().__init__(message)
+
+    def __reduce__(self):
+        return type(self), (str(self), self.failed, self.done)
+
+
 def cli_entry(func):
     """Decorate a CLI ``main``: library messages are logged to stdout/stderr, and a SmitunetError becomes
     ``error: ...`` on stderr and exit code 2 (only CLIs turn errors into exit codes)."""
@@ -32,6 +57,12 @@ def cli_entry(func):
             return func(*args, **kwargs)
         except SmitunetError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        except OSError as exc:
+            # A backstop for faults of the system (permissions, a full disk, a file-size limit) that no library
+            # call turned into a SmitunetError: still one line naming the file, never a traceback.
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

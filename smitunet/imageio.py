@@ -6,6 +6,7 @@ SimpleITK's own (x, y, z) order for spacing/origin/size so that writing restores
 
 from __future__ import annotations
 
+import errno
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -98,9 +99,14 @@ def read_sitk(path: str | Path) -> sitk.Image:
     except SmitunetError:
         raise
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        reason = next((line for line in first if "ERROR" in line or "rror" in line), first[0] if first else "")
-        raise SmitunetError(f"{path}: cannot be read as an image ({reason.strip()[:200]})") from None
+        raise SmitunetError(f"{path}: cannot be read as an image ({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    """The line of an ITK exception that says what went wrong (ITK's messages span several lines)."""
+    lines = str(exc).strip().splitlines()
+    reason = next((line for line in lines if "ERROR" in line or "rror" in line), lines[0] if lines else "")
+    return reason.strip()[:200]
 
 
 def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
@@ -134,4 +140,7 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None
     image = geometry.apply(sitk.GetImageFromArray(array))
     ending = image_ending(path) or Path(path).suffix
     with atomic_path(path, suffix=ending) as tmp:
-        sitk.WriteImage(image, str(tmp), True)
+        try:
+            sitk.WriteImage(image, str(tmp), True)
+        except RuntimeError as exc:  # ITK reports a full disk or a file-size limit as a RuntimeError
+            raise OSError(errno.EIO, f"SimpleITK could not write the file: {_first_line(exc)}") from None

@@ -128,11 +128,7 @@ class Plans:
         path = Path(path)
         if not path.is_file():
             raise SmitunetError(f"{path}: plans file not found; run smitunet_plan_and_preprocess first")
-        try:
-            d = load_json(path)
-        except ValueError as exc:
-            raise SmitunetError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(load_json(path), source=str(path))  # load_json: unreadable or non-JSON is one line
 
 
 def _validate_network(config: ConfigurationPlan, where: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smitunet.errors import SmitunetError
+from smitunet.errors import BadInputError, SmitunetError
 from smitunet.imageio import Geometry, read_image
 
 _CHUNK = 1 << 22  # voxels per chunk for whole-volume scans, keeps temporaries small on large CTs
@@ -148,3 +148,23 @@ def check_case_files(case: str, images: list[Path], label: Path | None,
     """Only the faults of one case (used for test images, whose arrays are not kept)."""
     checked = read_checked_case(case, images, label, allowed_labels)
     return checked.problems, checked.warnings
+
+
+def thin_axes_problem(case: str, geometry: Geometry, first_file: Path | str) -> str | None:
+    """A single slice (or line) given to a 3D model: its patches would be all padding, the output meaningless."""
+    if min(geometry.size) < 2:
+        return (f"case {case}: {Path(first_file).name} is a single slice (size {geometry.size}); a 3D model needs "
+                "a volume")
+    return None
+
+
+def read_checked_volume(case: str, images: list[Path]) -> tuple[np.ndarray, Geometry]:
+    """The channels of one unlabelled case as float32 (C, z, y, x) for a 3D model (prediction, pretraining), after
+    the checks of ``read_checked_case`` plus a single-slice check; ``BadInputError`` holds the faults, one line."""
+    checked = read_checked_case(case, images, None, None)
+    problems = list(checked.problems)
+    if not problems and (thin := thin_axes_problem(case, checked.geometry, images[0])):
+        problems.append(thin)
+    if problems:
+        raise BadInputError(case, problems)
+    return checked.data.astype(np.float32, copy=False), checked.geometry

@@ -22,7 +22,7 @@ from smitunet.inference.export import export_case
 from smitunet.inference.sliding_window import predict_sliding_window
 from smitunet.plans import Plans
 from smitunet.preprocessing.preprocessor import restore_original_geometry
-from smitunet.utils.files import json_safe, save_json
+from smitunet.utils.files import json_safe, make_dirs, save_json
 
 
 def raw_label_files(dataset_name: str) -> dict[str, Path]:
@@ -64,7 +64,7 @@ def validate_fold(network, plans: Plans, configuration: str, data_folder: Path, 
     ``about`` (fold, trainer, epochs, ...) is copied into the summary.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     network.eval()
     network.deep_supervision = False
     raw_labels = raw_label_files(plans.dataset_name)

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom_output", nargs="+", choices=("rtstruct", "seg"), default=(),
                    help="also write {case}_rtstruct.dcm (one ROI per label) and/or {case}_seg.dcm (DICOM SEG) "
                         "referring to the input series; DICOM series input only (needs the 'dicom' extra)")
+    p.add_argument("--strict", action="store_true",
+                   help="check every input first and stop before writing anything if one is bad (default: each bad "
+                        "case is one line and skipped, the others are predicted, and the exit code is non-zero)")
     p.add_argument("--disable_postprocessing", action="store_true",
                    help="ignore postprocessing.json from smitunet_find_best_configuration")
     return p
@@ -58,7 +61,7 @@ def options_from_args(args) -> PredictionOptions:
                              save_probabilities=args.save_probabilities,
                              continue_prediction=args.continue_prediction, num_parts=args.num_parts,
                              part_id=args.part_id, num_processes=args.num_processes,
-                             apply_postprocessing=not args.disable_postprocessing,
+                             apply_postprocessing=not args.disable_postprocessing, strict=args.strict,
                              dicom_output=tuple(dict.fromkeys(args.dicom_output)))
 
 

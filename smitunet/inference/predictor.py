@@ -24,10 +24,11 @@ import torch
 from tqdm import tqdm
 
 from smitunet.checkpoint_io import load_training_checkpoint
+from smitunet.dataset.integrity import all_finite, read_checked_volume
 from smitunet.dicom_io import DICOM_OUTPUTS, dicom_output_file
-from smitunet.errors import SmitunetError
+from smitunet.errors import BadInputError, CasesFailedError, SmitunetError
 from smitunet.postprocessing import apply_postprocessing, load_postprocessing
-from smitunet.imageio import Geometry, read_channels, write_image
+from smitunet.imageio import Geometry, write_image
 from smitunet.inference.export import (argmax_int16, export_case, label_lookup, probabilities_to_labels,
                                       probability_file)
 from smitunet.inference.inputs import InputCase, find_input_cases
@@ -35,7 +36,7 @@ from smitunet.inference.sliding_window import predict_sliding_window
 from smitunet.networks.registry import build_from_config
 from smitunet.plans import Plans
 from smitunet.utils.device import resolve_device
-from smitunet.utils.files import save_npz
+from smitunet.utils.files import make_dirs, save_npz
 from smitunet.utils.log import logger
 
 
@@ -53,6 +54,7 @@ class PredictionOptions:
     num_processes: int = 1               # background threads for reading/preprocessing and export; 0 = none
     apply_postprocessing: bool = True
     dicom_output: tuple[str, ...] = ()   # "rtstruct" and/or "seg" beside the label file; DICOM series input only
+    strict: bool = False                 # check every input first; one bad case stops the run before any output
     progress: bool | None = None         # None: when stderr is a terminal
     stats: dict = field(default_factory=dict)  # filled with tiles / forward_seconds / seconds per case
 
@@ -198,7 +200,7 @@ class Predictor:
         from smitunet.preprocessing.preprocessor import preprocess_case
 
         model = model or self.model
-        data, geometry = read_channels(case.channels)
+        data, geometry = read_checked_volume(case.name, list(case.channels))
         data, _, properties = preprocess_case(data, geometry, model.plans, model.configuration)
         return data, properties
 
@@ -272,6 +274,10 @@ class Predictor:
         if data.shape[0] != self.model.plans.num_channels or tuple(data.shape[1:]) != geometry.shape_zyx:
             raise SmitunetError(f"image of shape {data.shape} does not fit: the model needs "
                                 f"{self.model.plans.num_channels} channel(s) and the geometry says {geometry.shape_zyx}")
+        if not all_finite(data):
+            raise SmitunetError("image contains NaN or Inf voxels")
+        if min(data.shape[1:]) < 2:
+            raise SmitunetError(f"image of shape {data.shape} is a single slice; a 3D model needs a volume")
         results = []
         for g, group in enumerate(self.groups):
             prepared, _, properties = preprocess_case(data, geometry, group[0].plans, group[0].configuration)
@@ -282,7 +288,11 @@ class Predictor:
         return apply_postprocessing(np.ascontiguousarray(labels), self.postprocessing)
 
     def predict_folder(self, input_path: str | Path, output_dir: str | Path) -> list[Path]:
-        """Predict every (remaining) case of ``input_path`` into ``output_dir``; returns the files written."""
+        """Predict every (remaining) case of ``input_path`` into ``output_dir``; returns the files written.
+
+        A case whose input fails the checks (``read_checked_volume``) is one warning line and gets no output; the
+        others are predicted, then ``CasesFailedError`` lists the failed ones. ``options.strict``: every input is
+        checked first and one bad case stops the run before anything is written."""
         output_dir = Path(output_dir)
         cases = find_input_cases(input_path, self.model.plans.num_channels)
         if self.options.dicom_output:
@@ -290,14 +300,45 @@ class Predictor:
         todo, skipped = select_cases(cases, output_dir, self.options)
         if skipped:
             logger.warning(f"continuing: {skipped} case(s) already predicted, {len(todo)} to go")
-        output_dir.mkdir(parents=True, exist_ok=True)
+        if self.options.strict:
+            self._check_all(todo)
+        make_dirs(output_dir)
+        self.failed: dict[str, str] = {}
         if self.options.num_processes <= 0:
-            return [self._run_one(case, output_dir) for case in self._progress(todo)]
-        return self._pipelined(todo, output_dir)
+            written = [out for case in self._progress(todo) if (out := self._run_one(case, output_dir))]
+        else:
+            written = self._pipelined(todo, output_dir)
+        if self.failed:
+            raise CasesFailedError(
+                f"{len(self.failed)} case(s) failed and were skipped, no output written for them: "
+                f"{', '.join(sorted(self.failed))} ({len(written)} case(s) predicted into {output_dir})",
+                self.failed, written)
+        return written
 
-    def _run_one(self, case: InputCase, output_dir: Path) -> Path:
+    def _check_all(self, todo: list[InputCase]) -> None:
+        """--strict: read and check every input (a second read per case, the price of writing nothing)."""
+        failed = {}
+        for case in todo:
+            try:
+                read_checked_volume(case.name, list(case.channels))
+            except BadInputError as exc:
+                logger.warning(f"bad input: {exc}")
+                failed[case.name] = str(exc)
+        if failed:
+            raise SmitunetError(f"--strict: {len(failed)} of {len(todo)} input case(s) failed the checks, nothing "
+                                f"was written: {', '.join(sorted(failed))}")
+
+    def _skip(self, case: InputCase, exc: BadInputError) -> None:
+        logger.warning(f"skipped: {exc}")
+        self.failed[case.name] = str(exc)
+
+    def _run_one(self, case: InputCase, output_dir: Path) -> Path | None:
         start = time.perf_counter()
-        prepared = self._prepare(case)
+        try:
+            prepared = self._prepare(case)
+        except BadInputError as exc:
+            self._skip(case, exc)
+            return None
         out = output_file_for(case, output_dir)
         self._export(self._infer(prepared), out, case)
         self._record(case, start)
@@ -311,9 +352,14 @@ class Predictor:
             pending = deque(readers.submit(self._prepare, c) for c in todo[:n])
             for i, case in enumerate(self._progress(todo)):
                 start = time.perf_counter()
-                prepared = pending.popleft().result()
+                future = pending.popleft()
                 if i + n < len(todo):
                     pending.append(readers.submit(self._prepare, todo[i + n]))
+                try:
+                    prepared = future.result()
+                except BadInputError as exc:
+                    self._skip(case, exc)
+                    continue
                 results = self._infer(prepared)
                 del prepared
                 out = output_file_for(case, output_dir)

@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from smitunet.contracts import CaseProperties
+from smitunet.errors import SmitunetError
 from smitunet.imageio import read_channels, read_image
 from smitunet.plans import Plans
 from smitunet.preprocessing.fingerprint import case_seed
 from smitunet.utils.parallel import CasePool
 from smitunet.preprocessing.preprocessor import preprocess_case
-from smitunet.utils.files import load_json, save_json, save_npy, save_npz
+from smitunet.utils.files import load_json, make_dirs, save_json, save_npy, save_npz
 
 MAX_LOCATIONS_PER_CLASS = 10_000
 
@@ -60,7 +61,7 @@ def is_finished(out_dir: Path, case: str, digest: str, labelled: bool = True) ->
         return False
     try:
         return load_json(files["properties"]).get("preprocessing_hash") == digest
-    except ValueError:
+    except (SmitunetError, AttributeError):  # unreadable or not a JSON object: redo the case
         return False
 
 
@@ -91,7 +92,7 @@ def preprocess_dataset(cases: dict[str, dict], plans: Plans, configuration: str,
     """
     cache = cache or {}
     digest = preprocessing_hash(plans, configuration)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir)
     todo = [(c, cases[c], cache.get(c)) for c in sorted(cases)
             if force or not is_finished(out_dir, c, digest, labelled=cases[c]["label"] is not None)]
     work = partial(_preprocess_one, plans=plans, configuration=configuration, out_dir=out_dir, digest=digest)

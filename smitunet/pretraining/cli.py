@@ -7,11 +7,12 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from smitunet.errors import SmitunetError, cli_entry
+from smitunet.errors import CasesFailedError, SmitunetError, cli_entry
 from smitunet.networks.registry import get_preset, is_swin
 from smitunet.plans import NetworkConfig, Plans
 from smitunet.pretraining.config import METHODS, PretrainSettings
-from smitunet.pretraining.data import PRETRAIN_CONFIGURATION, collect_sources, derived_plans, preprocess_sources
+from smitunet.pretraining.data import (PRETRAIN_CONFIGURATION, check_sources, collect_sources, derived_plans,
+                                      preprocess_sources)
 from smitunet.pretraining.trainer import PretrainingRun, RunOptions
 from smitunet.utils.distributed import barrier, init_distributed, shutdown_distributed
 from smitunet.utils.device import default_num_workers, process_device, resolve_device
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=None,
                    help="background processes preparing the next steps' views and masks; 0 = in process (default: 2 "
                         "on CPU, one per spare core up to 12 on CUDA)")
+    p.add_argument("--strict", action="store_true",
+                   help="check every image first and stop before training if one is bad (default: each bad image is "
+                        "one line and left out, the run goes on, and the exit code is non-zero at the end)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -144,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     sources, channel_names = collect_sources(args.d, args.i, args.modality)
     if plans is not None and len(channel_names) != plans.num_channels:
         raise SmitunetError(f"{args.plans}: plans have {plans.num_channels} channel(s), the images {len(channel_names)}")
+    if args.strict and (bad := check_sources(sources)):
+        raise SmitunetError(f"--strict: {len(bad)} of {len(sources)} image(s) failed the checks, nothing was "
+                            f"trained: {', '.join(sorted(bad))}")
     if plans is None:
         network = NetworkConfig(preset, {"patch_size": patch})
         plans = derived_plans(sources, channel_names, args.spacing, network, seed=args.seed)
@@ -152,7 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     device = process_device(device, dist_ctx.enabled, dist_ctx.local_rank)
     workers = args.num_workers if args.num_workers is not None else default_num_workers(device.type, dist_ctx.world_size)
     try:
-        volumes = preprocess_sources(sources, plans, configuration, args.cache, show_progress=dist_ctx.is_main)
+        failed: dict[str, str] = {}
+        volumes = preprocess_sources(sources, plans, configuration, args.cache, show_progress=dist_ctx.is_main,
+                                     failed=failed)
         cfg = plans.configuration(configuration)
         options = RunOptions(
             output=args.output, preset=preset, patch=patch, network_overrides=overrides, epochs=args.epochs,
@@ -166,6 +175,9 @@ def main(argv: list[str] | None = None) -> None:
                   f"spacing {cfg.spacing}, {args.epochs} x {args.iters_per_epoch} steps -> {args.output}", flush=True)
         PretrainingRun(options, settings, volumes, len(channel_names), dist_ctx).run(args.continue_training)
         barrier(dist_ctx)
+        if failed:
+            raise CasesFailedError(f"{len(failed)} image(s) failed the checks and were left out: "
+                                   f"{', '.join(sorted(failed))} (pretrained on {len(volumes)} -> {args.output})", failed)
     finally:
         shutdown_distributed(dist_ctx)
 

@@ -21,9 +21,10 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from smitunet.dataset.integrity import read_checked_volume
 from smitunet.dataset.raw import list_test_cases, load_dataset_json
-from smitunet.errors import SmitunetError
-from smitunet.imageio import image_ending, read_channels, read_sitk
+from smitunet.errors import BadInputError, SmitunetError
+from smitunet.imageio import image_ending, read_sitk
 from smitunet.paths import raw_dir, resolve_dataset_name
 from smitunet.plans import ConfigurationPlan, NetworkConfig, Plans
 from smitunet.preprocessing.fingerprint import intensity_statistics
@@ -100,6 +101,18 @@ def collect_sources(datasets: Sequence[str], folders: Sequence[str | Path], fold
     return sources, channels
 
 
+def check_sources(sources: list[ImageSource]) -> dict[str, str]:
+    """--strict: read and check every image first; the faults by source name (each also logged, one line)."""
+    failed = {}
+    for source in tqdm(sources, desc="checking images", disable=not sys.stderr.isatty()):
+        try:
+            read_checked_volume(source.name, source.paths)
+        except BadInputError as exc:
+            _warn(f"bad input: {exc}")
+            failed[source.name] = str(exc)
+    return failed
+
+
 def _spacing_zyx(source: ImageSource) -> list[float]:
     path = source.paths[0]
     if path.is_dir():
@@ -118,7 +131,10 @@ def _ct_statistics(sources: list[ImageSource], channels: list[int], seed: int) -
     rng = np.random.default_rng(seed)
     samples: dict[int, list[np.ndarray]] = {c: [] for c in channels}
     for source in tqdm(sources, desc="CT intensity statistics", disable=not sys.stderr.isatty()):
-        data, _ = read_channels(source.paths)
+        try:
+            data, _ = read_checked_volume(source.name, source.paths)
+        except BadInputError:
+            continue  # left out of the statistics; reported once, when preprocess_sources skips it
         for c in channels:
             values = data[c][data[c] != 0]
             if values.size:
@@ -130,7 +146,15 @@ def derived_plans(sources: list[ImageSource], channel_names: dict[str, str], spa
                   network: NetworkConfig, seed: int = 0) -> Plans:
     """Plans holding only what ``preprocess_case`` needs, derived from the images themselves."""
     if spacing is None:
-        spacing = np.median(np.array([_spacing_zyx(s) for s in sources]), axis=0).tolist()
+        spacings = []
+        for s in sources:
+            try:
+                spacings.append(_spacing_zyx(s))
+            except SmitunetError:
+                continue  # an unreadable image: reported (and skipped) by preprocess_sources
+        if not spacings:
+            raise SmitunetError("none of the input images can be read")
+        spacing = np.median(np.array(spacings), axis=0).tolist()
     schemes = [scheme_for_channel(channel_names[str(c)]) for c in range(len(channel_names))]
     ct = [c for c, s in enumerate(schemes) if s == "CT"]
     config = ConfigurationPlan(
@@ -152,15 +176,25 @@ def _cache_key(source: ImageSource, plans: Plans, configuration: str) -> str:
 
 
 def preprocess_sources(sources: list[ImageSource], plans: Plans, configuration: str,
-                       cache_dir: Path | None = None, show_progress: bool = True) -> list[np.ndarray]:
-    """Preprocessed float32 (C, z, y, x) volumes: in memory, or memory-mapped from ``cache_dir`` (reused)."""
+                       cache_dir: Path | None = None, show_progress: bool = True,
+                       failed: dict[str, str] | None = None) -> list[np.ndarray]:
+    """Preprocessed float32 (C, z, y, x) volumes: in memory, or memory-mapped from ``cache_dir`` (reused).
+
+    An image that fails the checks (``read_checked_volume``: unreadable, truncated, NaN/Inf, single slice, channel
+    geometry) is one warning line and left out; ``failed`` collects them by source name."""
     volumes = []
     for source in tqdm(sources, desc="preprocessing", disable=not (show_progress and sys.stderr.isatty())):
         cached = cache_dir / f"{_cache_key(source, plans, configuration)}.npy" if cache_dir else None
         if cached is not None and cached.is_file():
             volumes.append(np.load(cached, mmap_mode="r"))
             continue
-        data, geometry = read_channels(source.paths)
+        try:
+            data, geometry = read_checked_volume(source.name, source.paths)
+        except BadInputError as exc:
+            _warn(f"skipped: {exc}")
+            if failed is not None:
+                failed[source.name] = str(exc)
+            continue
         if data.shape[0] != plans.num_channels:
             raise SmitunetError(f"{source.name}: {data.shape[0]} channel(s), expected {plans.num_channels}")
         out, _, _ = preprocess_case(data, geometry, plans, configuration)
@@ -168,4 +202,6 @@ def preprocess_sources(sources: list[ImageSource], plans: Plans, configuration: 
             save_npy(out, cached)
             out = np.load(cached, mmap_mode="r")
         volumes.append(out)
+    if not volumes:
+        raise SmitunetError(f"none of the {len(sources)} input image(s) can be used (see the lines above)")
     return volumes

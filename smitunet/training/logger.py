@@ -8,7 +8,7 @@ import io
 import time
 from pathlib import Path
 
-from smitunet.utils.files import atomic_path, save_json
+from smitunet.utils.files import atomic_path, make_dirs, save_json
 from smitunet.utils.log import logger
 
 # Per-epoch series kept in the checkpoint ("logs") so a resumed run continues the same curves.
@@ -44,7 +44,7 @@ class TrainingLogger:
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         line = f"{stamp}: {message}"
         logger.info(line)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.output_dir)
         with open(self.log_file, "a") as f:  # append-only text log; a torn last line is harmless
             f.write(line + "\n")
 

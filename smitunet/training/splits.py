@@ -49,10 +49,7 @@ def load_or_create_splits(preprocessed_dataset_dir: Path, cases: list[str], writ
     """Read ``splits_final.json`` if present (a user-supplied file is respected), else create and save it."""
     path = Path(preprocessed_dataset_dir) / SPLITS_FILE
     if path.is_file():
-        try:
-            splits = load_json(path)
-        except ValueError as exc:
-            raise SmitunetError(f"{path}: not valid JSON ({exc})") from None
+        splits = load_json(path)  # unreadable or non-JSON: one line naming the file
         _validate_splits(splits, path, set(cases))
         return splits
     splits = make_splits(cases)

@@ -5,32 +5,65 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import errno
+import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from smitunet.errors import SmitunetError
+
+
+def make_dirs(folder: str | os.PathLike) -> Path:
+    """``mkdir -p``; a folder that cannot be created is one line naming it (a SmitunetError)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SmitunetError(f"{folder}: cannot create the folder ({exc.strerror or exc})") from None
+    return folder
+
+
+def _create_temporary(path: Path, suffix: str) -> Path:
+    """A new empty file beside ``path``, created with mode 0o666 so the umask applies as for any other program's
+    file (``mkstemp`` would leave 0o600 on every output after the rename)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.part{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on failure delete it.
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on failure delete it (the
+    previous ``path``, if any, stays intact).
 
-    ``suffix`` keeps the file ending for writers that choose a format by extension (SimpleITK, numpy).
+    ``suffix`` keeps the file ending for writers that choose a format by extension (SimpleITK, numpy). A folder
+    that cannot be created or written, a full disk or a file-size limit is a SmitunetError naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     if suffix is None:
         suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    try:
+        tmp_path = _create_temporary(path, suffix)
+    except OSError as exc:
+        raise SmitunetError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
+        if isinstance(exc, OSError):
+            # numpy reports a short write without an errno: say what usually causes it
+            reason = exc.strerror or f"{exc}: a short write, the disk is full or a file-size limit was reached"
+            raise SmitunetError(f"{path}: cannot write ({reason}); the previous file, if any, is unchanged") from None
         raise
 
 
@@ -65,8 +98,16 @@ def save_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> None:
 
 
 def load_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """Parsed JSON; a missing, unreadable or non-JSON file is one line naming it (a SmitunetError)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise SmitunetError(f"{path}: not found") from None
+    except OSError as exc:
+        raise SmitunetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise SmitunetError(f"{path}: not valid JSON ({exc})") from None
 
 
 def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
