@@ -55,21 +55,23 @@ from _train_side import budget_epochs, val_iters  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_TRAINERS = {name: f"label_efficiency_trainers:{name}" for name in (
-    "SMITTrainerFrozenEncoder", "SMITTrainerUniformLR", "SMITTrainerEncoderWarmup")}
+    "SMITTrainerFrozenEncoder", "SMITTrainerUniformLR", "SMITTrainerEncoderWarmup",
+    "SMITSemiSupervisedTrainerNoWarmup")}
 METHODS = ("smit", "smart", "gmim")
 # row -> (pretraining method or None, trainer); nnunet is nnU-Net's own trainer
 SMITUNET_ROWS = {"scratch": (None, "SMITTrainer"), "upper": (None, "SMITTrainer"),
                  **{m: (m, "SMITTrainer") for m in METHODS},
                  "smit_uniform_lr": ("smit", "SMITTrainerUniformLR"), "smit_warmup": ("smit", "SMITTrainerEncoderWarmup"),
                  "probe_random": (None, "SMITTrainerFrozenEncoder"), "probe_smit": ("smit", "SMITTrainerFrozenEncoder"),
-                 "semi": (None, "SMITSemiSupervisedTrainer"), "semi_smit": ("smit", "SMITSemiSupervisedTrainer")}
+                 "semi": (None, "SMITSemiSupervisedTrainer"), "semi_smit": ("smit", "SMITSemiSupervisedTrainer"),
+                 "semi_nowarmup": (None, "SMITSemiSupervisedTrainerNoWarmup")}
 # Every row also exists with the light decoder ("<row>_light"): the same plans (patch, strides, spacing) with
 # decoder "light", so the encoder carries the representation; the same pretraining.
 LIGHT = "_light"
 LIGHT_PLANS = "smitunetPlans_light"
 SMITUNET_ROWS |= {f"{row}{LIGHT}": spec for row, spec in SMITUNET_ROWS.items()}
-SEMI_ROWS = ("semi", "semi_smit", f"semi{LIGHT}", f"semi_smit{LIGHT}")   # on every non-evaluation case,
-# --labelled_cases the first N
+# on every non-evaluation case, --labelled_cases the first N
+SEMI_ROWS = tuple(r + light for light in ("", LIGHT) for r in ("semi", "semi_smit", "semi_nowarmup"))
 ROWS = (*SMITUNET_ROWS, "nnunet")
 
 

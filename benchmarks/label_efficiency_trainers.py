@@ -1,5 +1,6 @@
 """Fine-tuning variants compared by ``label_efficiency.py`` (loaded with ``-tr label_efficiency_trainers:Name``)."""
 
+from smitunet.training.semi_supervised import SMITSemiSupervisedTrainer
 from smitunet.training.trainer import SMITTrainer
 
 
@@ -22,3 +23,11 @@ class SMITTrainerEncoderWarmup(SMITTrainer):
     @property
     def encoder_warmup_iters(self):
         return self.num_epochs * self.iters_per_epoch // 10
+
+
+class SMITSemiSupervisedTrainerNoWarmup(SMITSemiSupervisedTrainer):
+    """The first version of the semi-supervised trainer: mixed crops from the first step (a teacher that knows
+    nothing yet) and the loss on the finest output only."""
+
+    supervised_warmup_fraction = 0.0
+    deep_supervision = False

@@ -103,7 +103,8 @@ class InterruptibleSemi(SMITSemiSupervisedTrainer):
             raise KeyboardInterrupt
 
 
-def test_semi_supervised_resume_is_exact_and_keeps_the_teacher(dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop_at", [1, 2])  # in the labelled-only warm-up (iterations 0-2 of 6), and after it
+def test_semi_supervised_resume_is_exact_and_keeps_the_teacher(dataset, tmp_path, monkeypatch, stop_at):
     import sys
 
     sys.modules[__name__].InterruptibleSemi = InterruptibleSemi
@@ -111,7 +112,7 @@ def test_semi_supervised_resume_is_exact_and_keeps_the_teacher(dataset, tmp_path
     monkeypatch.setenv("smitunet_results", str(tmp_path / "straight"))
     _train(name, tmp_path, 3)
     monkeypatch.setenv("smitunet_results", str(tmp_path / "resumed"))
-    InterruptibleSemi.stop_at = 2
+    InterruptibleSemi.stop_at = stop_at
     with pytest.raises(SystemExit):
         _train(name, tmp_path, 3)
     InterruptibleSemi.stop_at = None
@@ -183,3 +184,29 @@ def test_broken_unlabelled_image_is_one_line_naming_it_and_nothing_is_written(sm
     lines = [line for line in err.splitlines() if "extra_bad" in line]
     assert exc.value.code == 2 and len(lines) == 1 and "is 2D; expected a 3D image" in lines[0]
     assert not (smitunet_dirs["preprocessed"] / "Dataset999_Synthetic").exists()
+
+
+class AllWarmup(SMITSemiSupervisedTrainer):
+    supervised_warmup_fraction = 1.0
+
+
+class NoWarmup(SMITSemiSupervisedTrainer):
+    supervised_warmup_fraction = 0.0
+
+
+def test_the_warmup_is_the_labelled_only_step(dataset, tmp_path, monkeypatch):
+    """A run that is all warm-up trains exactly as SMITTrainer does (the unlabelled crops are not even drawn), and
+    the warm-up is followed by mixed steps that change the result."""
+    import sys
+
+    sys.modules[__name__].AllWarmup, sys.modules[__name__].NoWarmup = AllWarmup, NoWarmup
+    finals = {}
+    for trainer in ("SMITTrainer", f"{__name__}:AllWarmup", f"{__name__}:NoWarmup", SEMI):
+        short = trainer.split(":")[-1]
+        monkeypatch.setenv("smitunet_results", str(tmp_path / short))
+        _train(trainer, tmp_path)
+        finals[short] = _final(tmp_path / short, short)["state_dict"]
+    for key, value in finals["SMITTrainer"].items():
+        assert torch.equal(value, finals["AllWarmup"][key]), key
+    assert not all(torch.equal(v, finals[SEMI][k]) for k, v in finals["SMITTrainer"].items())
+    assert not all(torch.equal(v, finals[SEMI][k]) for k, v in finals["NoWarmup"].items())
