@@ -52,6 +52,7 @@ import _nnunet_env as nn  # noqa: E402
 from _jobs import Job, run_jobs  # noqa: E402
 from _report import RESULTS_DIR, machine_description, now_utc  # noqa: E402
 from _train_side import budget_epochs, val_iters  # noqa: E402
+from smitunet.training.semi_supervised import SMITSemiSupervisedTrainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_TRAINERS = {name: f"label_efficiency_trainers:{name}" for name in (
@@ -80,7 +81,13 @@ def plans_of(row: str) -> str:
 
 
 def budget_key(row: str) -> str:
-    return ("semi" if row in SEMI_ROWS else "smitunet") + ("_light" if row.endswith(LIGHT) else "") + "_epochs"
+    light = LIGHT if row.endswith(LIGHT) else ""
+    base = row[: -len(LIGHT)] if light else row
+    if base in ("semi", "semi_smit"):  # a labelled-only warm-up first: cheaper steps, so more of them
+        return f"semi{light}_warmup_epochs"
+    return ("semi" if base == "semi_nowarmup" else "smitunet") + light + "_epochs"
+
+
 PROTOCOLS = {
     # smitunet's target gives patch 48x48x64 / batch 2 with its AdamW + fp16 estimate (the same plans as 1.0 under
     # the earlier SGD + fp32 estimate the recorded runs were planned with); nnU-Net plans with its own 1 GB
@@ -332,6 +339,14 @@ def calibrate(args, results: dict, fold: int, nnunet_plans: str | None, semi: tu
         budget["semi_light"], budget["semi_light_epochs"] = _calibrate_smitunet(
             args, "semi_light", ["-tr", "SMITSemiSupervisedTrainer", "--labelled_cases", labelled_file, "-p",
                                  LIGHT_PLANS], semi_fold, budget_s, iters_cal)
+    for light in ("", LIGHT):
+        # the semi-supervised trainer's warm-up steps cost what a labelled-only step costs, the rest a mixed step
+        mixed, plain, key = budget.get(f"semi{light}"), budget.get(f"smitunet{light}"), f"semi{light}_warmup_epochs"
+        if mixed and plain and key not in budget:
+            share = SMITSemiSupervisedTrainer.supervised_warmup_fraction
+            blended = dict(mixed, train_s_per_iter=share * plain["train_s_per_iter"]
+                           + (1 - share) * mixed["train_s_per_iter"])
+            budget[key] = budget_epochs(blended, iters_cal, args.iters_per_epoch, budget_s)
     results["budget"] = budget
     return budget
 

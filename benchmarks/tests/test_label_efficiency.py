@@ -140,3 +140,10 @@ def test_light_rows_compare_with_scratch_of_the_same_decoder():
     assert table[8]["smit_light"]["paired_dice_diff"] == pytest.approx({0: 0.06})
     assert "paired_dice_diff" not in table[8]["scratch_light"]
     assert "| smitunet, SMIT-pretrained, light decoder | 1 |" in report.markdown(results, "LE")
+
+
+def test_semi_rows_with_the_warmup_get_the_blended_budget():
+    import label_efficiency as le
+
+    assert [le.budget_key(r) for r in ("scratch", "smit_light", "semi", "semi_smit_light", "semi_nowarmup")] == [
+        "smitunet_epochs", "smitunet_light_epochs", "semi_warmup_epochs", "semi_light_warmup_epochs", "semi_epochs"]
