@@ -164,12 +164,13 @@ def _save_prediction_settings(output, models, chosen, checkpoint, predictor, set
 
 def evaluate(reference_folder: str | Path, prediction_folder: str | Path, *, labels=None,
              output_file: str | Path | None = None, nsd_tolerance_mm: float = 1.0, num_processes: int = 1,
-             allow_subset: bool = False) -> dict:
-    """``smitunet_evaluate``: Dice, IoU, HD95 and NSD per case and class; writes and returns ``summary.json``."""
+             allow_subset: bool = False, ignore_label: int | None = None) -> dict:
+    """``smitunet_evaluate``: Dice, IoU, HD95 and NSD per case and class; writes and returns ``summary.json``.
+    Reference voxels of ``ignore_label`` count for nothing."""
     from smitunet.evaluation.evaluate import evaluate_folders
 
     return evaluate_folders(reference_folder, prediction_folder, labels, output_file, nsd_tolerance_mm,
-                            num_processes, allow_subset)
+                            num_processes, allow_subset, ignore_label)
 
 
 def convert_dicom(studies: str | Path, mapping, dataset_id: int, name: str, *, overwrite: bool = False,

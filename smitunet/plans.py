@@ -17,6 +17,18 @@ from smitunet.utils.files import load_json, save_json
 
 PLANS_VERSION = 1
 DEFAULT_PLANS_NAME = "smitunetPlans"
+IGNORE_LABEL_NAME = "ignore"  # nnU-Net v2's name for the label whose voxels carry no loss and no metric
+
+
+def ignore_label_of(labels: dict[str, Any]) -> int | None:
+    """The value of the label named ``ignore`` (nnU-Net v2's sparse-annotation label), or None."""
+    value = labels.get(IGNORE_LABEL_NAME)
+    return None if value is None else int(value)
+
+
+def segmentation_labels_of(labels: dict[str, Any]) -> dict[str, int]:
+    """``labels`` without the ignore label: what the network predicts and the exports may contain."""
+    return {name: int(value) for name, value in labels.items() if name != IGNORE_LABEL_NAME}
 
 
 @dataclass(frozen=True)
@@ -53,7 +65,7 @@ class Plans:
     dataset_name: str
     plans_name: str
     channel_names: dict[str, str]           # "0" -> "CT" / "MRI" / ...
-    labels: dict[str, int]                  # name -> value, "background": 0
+    labels: dict[str, int]                  # name -> value, "background": 0; "ignore": the highest, if any
     file_ending: str
     original_median_spacing: list[float]    # (z, y, x)
     original_median_shape: list[int]        # after cropping, (z, y, x)
@@ -68,13 +80,23 @@ class Plans:
         return len(self.channel_names)
 
     @property
+    def ignore_label(self) -> int | None:
+        """Value of the ``ignore`` label (no loss, no metric, never predicted), or None."""
+        return ignore_label_of(self.labels)
+
+    @property
+    def segmentation_labels(self) -> dict[str, int]:
+        """The labels the network predicts: all but ``ignore``."""
+        return segmentation_labels_of(self.labels)
+
+    @property
     def num_classes(self) -> int:
-        """Output channels of the network: background plus every foreground label."""
-        return len(self.labels)
+        """Output channels of the network: background plus every foreground label (not the ignore label)."""
+        return len(self.segmentation_labels)
 
     @property
     def foreground_labels(self) -> list[int]:
-        return sorted(v for v in self.labels.values() if v != 0)
+        return sorted(v for v in self.segmentation_labels.values() if v != 0)
 
     def configuration(self, name: str) -> ConfigurationPlan:
         if name not in self.configurations:
@@ -118,6 +140,9 @@ class Plans:
             raise SmitunetError(f"{source}: {exc}") from None
         if "background" not in plans.labels or plans.labels["background"] != 0:
             raise SmitunetError(f"{source}: labels must map 'background' to 0")
+        ignore = plans.ignore_label
+        if ignore is not None and ignore != max(plans.labels.values()):
+            raise SmitunetError(f"{source}: labels: 'ignore' must be the highest label value, got {ignore}")
         return plans
 
     def save(self, path: str | Path) -> None:

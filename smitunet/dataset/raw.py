@@ -1,6 +1,7 @@
 """Reading a raw dataset in nnU-Net v2's format.
 
-``DatasetXXX_Name/dataset.json`` (``channel_names``, ``labels`` name->int, ``numTraining``, ``file_ending``),
+``DatasetXXX_Name/dataset.json`` (``channel_names``, ``labels`` name->int, ``numTraining``, ``file_ending``;
+a label named ``ignore``, the highest value, marks unannotated voxels),
 ``imagesTr/{case}_{XXXX}{ending}``, ``labelsTr/{case}{ending}``, optional ``imagesTs/``. As in nnU-Net v2 a
 ``dataset`` key may list each case's files explicitly (paths relative to the dataset folder).
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from smitunet.errors import DatasetIntegrityError, SmitunetError
+from smitunet.plans import ignore_label_of
 
 # Case names become file names in the preprocessed store: no separators, no leading dot, no "..".
 _CASE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -93,6 +95,10 @@ def _validate_labels(labels: Any, path: Path) -> None:
     values = sorted(labels.values())
     if values != list(range(len(values))):
         raise SmitunetError(f"{path}: label values must be consecutive integers 0..{len(values) - 1}, got {values}")
+    # nnU-Net v2: the ignore label is the highest value, so the real classes stay 0..K-1 (the network's channels).
+    ignore = ignore_label_of(labels)
+    if ignore is not None and ignore != values[-1]:
+        raise SmitunetError(f"{path}: labels['ignore'] must be the highest label value ({values[-1]}), got {ignore}")
 
 
 def case_name_problem(case: str) -> str | None:

@@ -31,6 +31,7 @@ from smitunet.evaluation.evaluate import evaluate_pairs, list_label_files
 from smitunet.evaluation.postprocessing import determine_postprocessing
 from smitunet.inference.inputs import InputCase
 from smitunet.inference.predictor import PredictionOptions, Predictor
+from smitunet.plans import ignore_label_of, segmentation_labels_of
 from smitunet.paths import ENSEMBLES_FOLDER, INFERENCE_INFORMATION_FILE, ensemble_name, raw_dir, resolve_dataset_name, \
     results_dir
 from smitunet.postprocessing import save_postprocessing
@@ -111,28 +112,31 @@ def raw_cases(dataset_name: str) -> dict[str, dict]:
 
 
 def evaluate_predictions(predictions: dict[str, Path], references: dict[str, Path], labels: list[int],
-                         summary_file: Path, where: Path) -> dict:
+                         summary_file: Path, where: Path, ignore_label: int | None = None) -> dict:
     missing = sorted(set(predictions) - set(references))
     if missing:
         raise SmitunetError(f"{where}: validation cases without raw labels: {', '.join(missing[:5])}")
     pairs = [(case, references[case], predictions[case]) for case in sorted(predictions)]
-    summary = evaluate_pairs(pairs, labels)
+    summary = evaluate_pairs(pairs, labels, ignore_label=ignore_label)
     save_json(json_safe(summary), summary_file)
     return {"dice": summary["foreground_mean"]["dice"], "num_cases": len(pairs),
             "pairs": [(r, p) for _, r, p in pairs]}
 
 
-def evaluate_model(model_dir: Path, folds, references: dict[str, Path], labels: list[int]) -> dict | None:
+def evaluate_model(model_dir: Path, folds, references: dict[str, Path], labels: list[int],
+                   ignore_label: int | None = None) -> dict | None:
     predictions = validation_predictions(model_dir, folds)
     if predictions is None:
         return None
     result = evaluate_predictions(predictions, references, labels,
-                                  model_dir / f"crossval_summary_folds_{'_'.join(folds)}.json", model_dir)
+                                  model_dir / f"crossval_summary_folds_{'_'.join(folds)}.json", model_dir,
+                                  ignore_label)
     return {"folder": model_dir, **result}
 
 
 def evaluate_ensembles(candidates: list[dict], dataset_name: str, folds, labels: list[int],
-                       references: dict[str, Path], use_tta: bool = True, device: str = "auto") -> list[dict]:
+                       references: dict[str, Path], use_tta: bool = True, device: str = "auto",
+                       ignore_label: int | None = None) -> list[dict]:
     """Every pair of candidates, their validation probabilities averaged per case."""
     if len(candidates) < 2:
         return []
@@ -140,7 +144,7 @@ def evaluate_ensembles(candidates: list[dict], dataset_name: str, folds, labels:
     for c in candidates:
         ensure_probabilities(c["folder"], folds, cases, use_tta, device)
     dataset_json = load_dataset_json(raw_dir() / dataset_name)
-    label_values = [int(v) for v in dataset_json["labels"].values()]
+    label_values = list(segmentation_labels_of(dataset_json["labels"]).values())  # the network's channels
     ensembles = []
     for a, b in combinations(candidates, 2):
         name = ensemble_name([a["folder"].name, b["folder"].name])
@@ -148,7 +152,7 @@ def evaluate_ensembles(candidates: list[dict], dataset_name: str, folds, labels:
         predictions = write_ensemble_crossval([a["folder"], b["folder"]], folds, folder / "crossval", label_values,
                                               dataset_json["file_ending"])
         result = evaluate_predictions(predictions, references, labels,
-                                      folder / f"crossval_summary_folds_{'_'.join(folds)}.json", folder)
+                                      folder / f"crossval_summary_folds_{'_'.join(folds)}.json", folder, ignore_label)
         members = [_identity(m) for m in (a, b)]
         ensembles.append({"folder": folder, "name": name, "ensemble": True, "members": members, **result})
         logger.info(f"{name}: cross-validation mean Dice {result['dice']:.4f} ({result['num_cases']} cases)")
@@ -169,13 +173,15 @@ def find_best(dataset: str | int, folds=DEFAULT_FOLDS, configurations=None, trai
               ensembling: bool = True, use_tta: bool = True, device: str = "auto") -> dict:
     dataset_name = resolve_dataset_name(dataset, search=("results", "raw", "preprocessed"))
     references = reference_labels(dataset_name)
-    labels = sorted(int(v) for v in load_dataset_json(raw_dir() / dataset_name)["labels"].values() if int(v) != 0)
+    raw_labels = load_dataset_json(raw_dir() / dataset_name)["labels"]
+    labels = sorted(v for v in segmentation_labels_of(raw_labels).values() if v != 0)
+    ignore_label = ignore_label_of(raw_labels)
     candidates, skipped = [], []
     for model_dir in sorted(p for p in (results_dir() / dataset_name).iterdir() if p.is_dir()):
         parts = model_dir.name.split("__")
         if len(parts) != 3 or not _wanted(parts, configurations, trainers, plans):
             continue
-        result = evaluate_model(model_dir, folds, references, labels)
+        result = evaluate_model(model_dir, folds, references, labels, ignore_label)
         if result is None:
             skipped.append(model_dir.name)
             continue
@@ -186,15 +192,17 @@ def find_best(dataset: str | int, folds=DEFAULT_FOLDS, configurations=None, trai
         raise SmitunetError(f"{results_dir() / dataset_name}: no model has validation predictions for folds "
                             f"{', '.join(folds)}" + (f" (incomplete: {', '.join(skipped)})" if skipped else ""))
     best_single = max(candidates, key=lambda c: c["dice"])
-    ensembles = evaluate_ensembles(candidates, dataset_name, folds, labels, references, use_tta, device) \
+    ensembles = evaluate_ensembles(candidates, dataset_name, folds, labels, references, use_tta, device,
+                                   ignore_label) \
         if ensembling else []
     best_ensemble = max(ensembles, key=lambda c: c["dice"], default=None)
     # an ensemble costs twice the prediction time: only strictly better wins
     best = best_ensemble if best_ensemble and best_ensemble["dice"] > best_single["dice"] else best_single
-    post = determine_postprocessing(best["pairs"], labels)
+    post = determine_postprocessing(best["pairs"], labels, ignore_label)
     save_postprocessing(post, best["folder"])
     if best is not best_single:  # smitunet_predict --disable_ensemble uses the best single model
-        save_postprocessing(determine_postprocessing(best_single["pairs"], labels), best_single["folder"])
+        save_postprocessing(determine_postprocessing(best_single["pairs"], labels, ignore_label),
+                            best_single["folder"])
     info = {"best": _summary(best), "best_single": _summary(best_single), "folds": list(folds),
             "postprocessing": post, "candidates": [_summary(c) for c in candidates],
             "ensembles": [_summary(e) for e in ensembles], "incomplete": skipped,

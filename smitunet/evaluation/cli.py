@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pred_dir", help="folder of predicted label files with the same case names")
     p.add_argument("-l", "--labels", nargs="+", default=None,
                    help="labels to evaluate (a,b for a region); default: every nonzero label found")
+    p.add_argument("-il", "--ignore_label", type=int, default=None,
+                   help="reference value of unannotated voxels (dataset.json's 'ignore'): left out of every metric")
     p.add_argument("-o", "--output_file", default=None, help="summary file (default PRED_DIR/summary.json)")
     p.add_argument("--nsd_tolerance", type=float, default=1.0, help="NSD tolerance in mm (default 1.0)")
     p.add_argument("-np", "--num_processes", type=int, default=1)
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
 
     summary = api.evaluate(args.gt_dir, args.pred_dir, labels=labels, output_file=args.output_file,
                            nsd_tolerance_mm=args.nsd_tolerance, num_processes=args.num_processes,
-                           allow_subset=args.subset)
+                           allow_subset=args.subset, ignore_label=args.ignore_label)
     _print_table(summary)
 
 

@@ -50,22 +50,23 @@ def _names(cases: Sequence[str], limit: int = 8) -> str:
 
 
 def evaluate_case(case: str, ref_file: Path, pred_file: Path, labels: Sequence[Label] | None,
-                  nsd_tolerance_mm: float) -> dict:
+                  nsd_tolerance_mm: float, ignore_label: int | None = None) -> dict:
     ref, ref_geo = read_image(ref_file)
     pred, pred_geo = read_image(pred_file)
     if (diff := ref_geo.matches(pred_geo)) is not None:
         raise SmitunetError(f"{pred_file}: geometry differs from reference {ref_file.name}: {diff}")
     if labels is None:  # every label present in either; absent ones are filled in later as empty-vs-empty
-        labels = [int(v) for v in np.union1d(np.unique(ref), np.unique(pred)) if v != 0]
-    metrics = case_metrics(pred, ref, labels, ref_geo.spacing_zyx, nsd_tolerance_mm)
+        labels = [int(v) for v in np.union1d(np.unique(ref), np.unique(pred)) if v != 0 and v != ignore_label]
+    metrics = case_metrics(pred, ref, labels, ref_geo.spacing_zyx, nsd_tolerance_mm, ignore_label)
     return {"case": case, "reference_file": str(ref_file), "prediction_file": str(pred_file), "metrics": metrics}
 
 
 def evaluate_pairs(pairs: Iterable[tuple[str, Path, Path]], labels: Sequence[Label] | None = None,
-                   nsd_tolerance_mm: float = 1.0, num_processes: int = 1) -> dict:
-    """Summary dict (``metric_per_case``, ``mean`` per label, ``foreground_mean``) for (case, ref, pred) triples."""
+                   nsd_tolerance_mm: float = 1.0, num_processes: int = 1, ignore_label: int | None = None) -> dict:
+    """Summary dict (``metric_per_case``, ``mean`` per label, ``foreground_mean``) for (case, ref, pred) triples;
+    reference voxels of ``ignore_label`` are left out of every metric."""
     pairs = list(pairs)
-    args = [(c, r, p, labels, nsd_tolerance_mm) for c, r, p in pairs]
+    args = [(c, r, p, labels, nsd_tolerance_mm, ignore_label) for c, r, p in pairs]
     if num_processes > 1 and len(args) > 1:
         with ProcessPoolExecutor(min(num_processes, len(args))) as pool:
             per_case = list(pool.map(evaluate_case, *zip(*args)))
@@ -74,7 +75,7 @@ def evaluate_pairs(pairs: Iterable[tuple[str, Path, Path]], labels: Sequence[Lab
     keys = _fill_missing_labels(per_case) if labels is None else None
     means = mean_metrics([c["metrics"] for c in per_case])
     return {"labels": keys if keys is not None else [_key(lab) for lab in labels],
-            "nsd_tolerance_mm": nsd_tolerance_mm, "num_cases": len(per_case),
+            "nsd_tolerance_mm": nsd_tolerance_mm, "ignore_label": ignore_label, "num_cases": len(per_case),
             "foreground_mean": foreground_mean(means), "mean": means, "metric_per_case": per_case}
 
 
@@ -96,10 +97,10 @@ def _fill_missing_labels(per_case: list[dict]) -> list[str]:
 
 def evaluate_folders(ref_dir: str | Path, pred_dir: str | Path, labels: Sequence[Label] | None = None,
                      output_file: str | Path | None = None, nsd_tolerance_mm: float = 1.0,
-                     num_processes: int = 1, allow_subset: bool = False) -> dict:
+                     num_processes: int = 1, allow_subset: bool = False, ignore_label: int | None = None) -> dict:
     """Evaluate ``pred_dir`` against ``ref_dir`` and write ``summary.json`` (default: into ``pred_dir``)."""
     pairs = match_cases(ref_dir, pred_dir, allow_subset)
-    summary = evaluate_pairs(pairs, labels, nsd_tolerance_mm, num_processes)
+    summary = evaluate_pairs(pairs, labels, nsd_tolerance_mm, num_processes, ignore_label)
     summary.update(reference_folder=str(ref_dir), prediction_folder=str(pred_dir))
     save_json(json_safe(summary), output_file or Path(pred_dir) / "summary.json")
     return summary

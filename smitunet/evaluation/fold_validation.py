@@ -78,7 +78,8 @@ def validate_fold(network, plans: Plans, configuration: str, data_folder: Path, 
                     save_probabilities=save_probabilities)
         segmentation, geometry = read_image(output)
         reference = reference_labels(plans, configuration, data_folder, case, properties, raw_labels)
-        metrics = case_metrics(segmentation, reference, labels, geometry.spacing_zyx)
+        metrics = case_metrics(segmentation, reference, labels, geometry.spacing_zyx,
+                               ignore_label=plans.ignore_label)
         per_case.append({"case": case, "metrics": metrics})
     means = mean_metrics([c["metrics"] for c in per_case])
     summary = {**(about or {}), "reference": "raw" if raw_labels else "preprocessed",

@@ -13,6 +13,8 @@ Conventions (documented because they decide the averages):
 - NSD (normalized surface Dice, Nikolov et al. 2021) with tolerance ``tau`` mm = (pred-surface voxels within
   tau of the ref surface + ref-surface voxels within tau of the pred surface) / (all surface voxels).
   Both empty -> NaN; exactly one empty -> 0.
+- Ignore label (nnU-Net v2's ``ignore``): voxels where the reference holds it are unannotated; whatever is
+  predicted there is dropped before any metric, so predictions that differ only there score the same.
 """
 
 from __future__ import annotations
@@ -110,12 +112,20 @@ def label_mask(labels: np.ndarray, label: int | Sequence[int]) -> np.ndarray:
 
 
 def case_metrics(pred: np.ndarray, ref: np.ndarray, labels: Iterable[int | Sequence[int]],
-                 spacing: Sequence[float], nsd_tolerance_mm: float = 1.0) -> dict[str, dict[str, float]]:
-    """Metrics per label for one case: ``{str(label): {"dice", "iou", "hd95", "nsd", "tp", ...}}``."""
+                 spacing: Sequence[float], nsd_tolerance_mm: float = 1.0,
+                 ignore_label: int | None = None) -> dict[str, dict[str, float]]:
+    """Metrics per label for one case: ``{str(label): {"dice", "iou", "hd95", "nsd", "tp", ...}}``;
+    voxels where ``ref == ignore_label`` count for nothing (see the module docstring)."""
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
-    return {_label_key(lab): class_metrics(label_mask(pred, lab), label_mask(ref, lab), spacing, nsd_tolerance_mm)
-            for lab in labels}
+    annotated = None if ignore_label is None else ref != ignore_label
+    out = {}
+    for lab in labels:
+        p, r = label_mask(pred, lab), label_mask(ref, lab)
+        if annotated is not None:
+            p, r = p & annotated, r & annotated
+        out[_label_key(lab)] = class_metrics(p, r, spacing, nsd_tolerance_mm)
+    return out
 
 
 def _label_key(label: int | Sequence[int]) -> str:

@@ -15,7 +15,7 @@ from smitunet.utils.files import save_npz
 
 def label_lookup(plans: Plans) -> np.ndarray:
     """Network output channel i -> label value (the plans' label values, sorted; identity when consecutive)."""
-    values = sorted(int(v) for v in plans.labels.values())
+    values = sorted(int(v) for v in plans.segmentation_labels.values())
     dtype = np.uint8 if max(values) < 256 else np.int16
     return np.asarray(values, dtype=dtype)
 

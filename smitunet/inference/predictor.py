@@ -226,7 +226,7 @@ class Predictor:
 
         def write(labels: np.ndarray, geometry: Geometry) -> None:
             series = load_series_headers(case.channels[0], geometry)
-            write_dicom_outputs(self.options.dicom_output, series, labels, self.model.plans.labels,
+            write_dicom_outputs(self.options.dicom_output, series, labels, self.model.plans.segmentation_labels,
                                 output_file.parent / case.name)
 
         return write

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from smitunet.dataset.integrity import read_checked_case
+from smitunet.plans import ignore_label_of
 from smitunet.preprocessing.cropping import box_shape, crop, nonzero_bbox
 from smitunet.utils.parallel import CasePool
 
@@ -31,7 +32,8 @@ def case_seed(case: str) -> int:
     return zlib.crc32(case.encode())
 
 
-def analyze_case(item: tuple[str, dict], allowed_labels: set[int], keep_arrays: bool = False) -> dict[str, Any]:
+def analyze_case(item: tuple[str, dict], allowed_labels: set[int], keep_arrays: bool = False,
+                 ignore_label: int | None = None) -> dict[str, Any]:
     """Check one case and measure it: spacing, shapes, crop size and a seeded foreground intensity sample."""
     case, entry = item
     checked = read_checked_case(case, entry["images"], entry["label"], allowed_labels)
@@ -44,18 +46,23 @@ def analyze_case(item: tuple[str, dict], allowed_labels: set[int], keep_arrays: 
     result.update(spacing=list(checked.geometry.spacing_zyx), shape_before_cropping=list(data.shape[1:]),
                   shape_after_cropping=cropped_shape,
                   relative_size_after_cropping=float(np.prod(cropped_shape) / np.prod(data.shape[1:])),
-                  samples=_foreground_samples(case, data, seg, box))  # (array, is_foreground)
+                  samples=_foreground_samples(case, data, seg, box, ignore_label))  # (array, is_foreground)
     if keep_arrays and data.nbytes + (seg.nbytes if seg is not None else 0) <= CACHE_CASE_BYTES:
         result["arrays"] = (data, seg, checked.geometry)
     return result
 
 
-def _foreground_samples(case: str, data: np.ndarray, seg: np.ndarray | None, box) -> tuple[np.ndarray, bool]:
+def _foreground_samples(case: str, data: np.ndarray, seg: np.ndarray | None, box,
+                        ignore_label: int | None = None) -> tuple[np.ndarray, bool]:
     """(C, n) float32 intensities at up to SAMPLES_PER_CASE random labelled voxels, and whether they are
     foreground; a case without foreground gives a sample of its nonzero region instead (used only when the
-    whole dataset has no foreground, so background never dilutes the CT statistics)."""
+    whole dataset has no foreground, so background never dilutes the CT statistics). Ignore-label voxels are
+    unannotated, not foreground: they are left out."""
     rng = np.random.default_rng(case_seed(case))
-    where = seg.reshape(-1) > 0 if seg is not None else None
+    where = None
+    if seg is not None:
+        flat_seg = seg.reshape(-1)
+        where = (flat_seg > 0) if ignore_label is None else (flat_seg > 0) & (flat_seg != ignore_label)
     if where is None or not where.any():
         region = crop(data, box).reshape(data.shape[0], -1)
         take = rng.choice(region.shape[1], size=min(SAMPLES_PER_CASE, region.shape[1]), replace=False)
@@ -94,7 +101,8 @@ def extract_fingerprint(dataset_dir: Path, dataset_json: dict, cases: dict[str, 
     """
     allowed = set(int(v) for v in dataset_json["labels"].values())
     results, problems, warnings = {}, [], []
-    work = partial(analyze_case, allowed_labels=allowed, keep_arrays=cache is not None)
+    work = partial(analyze_case, allowed_labels=allowed, keep_arrays=cache is not None,
+                   ignore_label=ignore_label_of(dataset_json["labels"]))
     cached_bytes = 0
     for r in pool.imap(work, sorted(cases.items()), total=len(cases), desc="fingerprint"):
         problems += r["problems"]

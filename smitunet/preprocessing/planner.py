@@ -17,7 +17,7 @@ import numpy as np
 
 from smitunet.contracts import Fingerprint
 from smitunet.errors import SmitunetError
-from smitunet.plans import DEFAULT_PLANS_NAME, ConfigurationPlan, NetworkConfig, Plans
+from smitunet.plans import DEFAULT_PLANS_NAME, ConfigurationPlan, NetworkConfig, Plans, segmentation_labels_of
 from smitunet.preprocessing.normalization import scheme_for_channel
 from smitunet.preprocessing.resampling import ANISOTROPY_THRESHOLD
 
@@ -297,7 +297,9 @@ def plan_experiment(dataset_name: str, dataset_json: dict, fingerprint: dict, *,
         preset_kwargs["decoder"] = decoder
     channels = {str(k): v for k, v in dataset_json["channel_names"].items()}
     labels = {str(k): int(v) for k, v in dataset_json["labels"].items()}
-    sizer = _Sizer(preset, preset_kwargs, len(channels), len(labels), gpu_memory_target_gb * 1024 ** 3,
+    # The ignore label is no class: the network has one output channel per label but "ignore".
+    sizer = _Sizer(preset, preset_kwargs, len(channels), len(segmentation_labels_of(labels)),
+                   gpu_memory_target_gb * 1024 ** 3,
                    keep_stages=pretrained is not None)
     normalization = [scheme_for_channel(channels[str(c)]) for c in range(len(channels))]
     meta = pretrained.meta if pretrained is not None else {}

@@ -78,7 +78,7 @@ class TrainingLoop:
         self.dist = self.ctx.dist
         self.device = self.ctx.device
         self.out = Path(self.ctx.output_dir)
-        labels = sorted(trainer.plans.labels.items(), key=lambda kv: kv[1])
+        labels = sorted(trainer.plans.segmentation_labels.items(), key=lambda kv: kv[1])
         self.logger = TrainingLogger(self.out, enabled=self.dist.is_main,
                                      class_names=[name for name, value in labels if value != 0])
         self.epoch = 0

@@ -14,25 +14,41 @@ class DiceCELoss(nn.Module):
 
     Dice is computed per sample (not over the whole batch) so the loss is a plain mean over samples: the
     gradient of a sharded batch under DistributedDataParallel then equals that of the whole batch.
+
+    ``ignore_label`` (nnU-Net v2's ``ignore``): voxels with that target value are left out of both terms, as if
+    they were not in the patch; per sample, CE is the mean over its annotated voxels (still a plain mean over
+    samples, for the reason above). A sample with no annotated voxel contributes 0.
     """
 
     def __init__(self, ce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1e-5,
-                 include_background: bool = False):
+                 include_background: bool = False, ignore_label: int | None = None):
         super().__init__()
         self.ce_weight, self.dice_weight = ce_weight, dice_weight
         self.smooth = smooth
         self.include_background = include_background
+        self.ignore_label = ignore_label
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``logits`` (B, K, *spatial); ``target`` (B, 1, *spatial) integer labels."""
         target = target[:, 0].long()
         logits = logits.float()
-        ce = F.cross_entropy(logits, target)
+        axes = tuple(range(2, logits.ndim))
+        if self.ignore_label is None:
+            ce = F.cross_entropy(logits, target)
+            mask = None
+        else:
+            mask = target != self.ignore_label
+            target = torch.where(mask, target, torch.zeros_like(target))  # any valid class; masked out below
+            voxel_ce = F.cross_entropy(logits, target, reduction="none") * mask
+            per_sample = voxel_ce.flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
+            ce = per_sample.mean()
         probs = torch.softmax(logits, dim=1)
         onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
+        if mask is not None:
+            keep = mask.unsqueeze(1).to(probs.dtype)
+            probs, onehot = probs * keep, onehot * keep
         if not self.include_background:
             probs, onehot = probs[:, 1:], onehot[:, 1:]
-        axes = tuple(range(2, logits.ndim))
         intersection = (probs * onehot).sum(axes)
         denominator = probs.sum(axes) + onehot.sum(axes)
         dice = (2 * intersection + self.smooth) / (denominator + self.smooth)
@@ -49,7 +65,7 @@ def deep_supervision_weights(num_outputs: int) -> list[float]:
 
 
 def downsample_target(target: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Nearest-neighbour resize of integer labels (B, 1, *spatial) to ``shape``."""
+    """Nearest-neighbour resize of integer labels (B, 1, *spatial) to ``shape`` (keeps the ignore value as is)."""
     if tuple(target.shape[2:]) == tuple(shape):
         return target
     return F.interpolate(target.float(), size=tuple(shape), mode="nearest").to(target.dtype)

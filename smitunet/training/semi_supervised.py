@@ -79,6 +79,21 @@ def weighted_dice_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.T
     return ce + (1 - dice.mean())
 
 
+def mixed_target(labels: torch.Tensor, pseudo: torch.Tensor, from_labelled: torch.Tensor,
+                 unlabelled_weight: torch.Tensor, ignore_label: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target and per-voxel weight (B, 1, *spatial) of the mixed crops: labelled voxels against their labels
+    (weight 1; voxels of the ignore label weight 0, with a stand-in class so one-hot stays in range), the others
+    against the teacher's pseudo-labels with ``unlabelled_weight``."""
+    take = from_labelled.bool()
+    target = torch.where(take, labels.long(), pseudo)
+    weight = from_labelled + (1 - from_labelled) * unlabelled_weight
+    if ignore_label is not None:
+        ignored = take & (labels == ignore_label)
+        target = target.masked_fill(ignored, 0)
+        weight = weight.masked_fill(ignored, 0.0)
+    return target, weight
+
+
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter (buffers copied)."""
@@ -191,8 +206,9 @@ class SMITSemiSupervisedTrainer(SMITTrainer):
         rng = np.random.default_rng([self.options.seed, self.iteration, 17])
         mask = cuboid_mask(labelled.shape[2:], self.mix_fraction, rng).to(self.device)
         mixed, from_labelled = copy_paste(labelled, unlabelled, mask)
-        target = torch.where(from_labelled.bool(), labels.long(), pseudo)
-        weight = from_labelled + (1 - from_labelled) * self.unlabelled_scale() * (confident >= self.confidence).float()
+        target, weight = mixed_target(labels, pseudo, from_labelled,
+                                      self.unlabelled_scale() * (confident >= self.confidence).float(),
+                                      self.plans.ignore_label)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             loss = self.mixed_loss(self.model(mixed), target, weight)

@@ -143,7 +143,7 @@ class Trainer:
 
     # -- optimisation --------------------------------------------------------------------------------
     def build_loss(self) -> nn.Module:
-        return DeepSupervisionLoss(DiceCELoss())
+        return DeepSupervisionLoss(DiceCELoss(ignore_label=self.plans.ignore_label))
 
     def parameter_groups(self, network: nn.Module) -> list[dict[str, Any]]:
         return [{"params": [p for p in network.parameters() if p.requires_grad], "lr": self.initial_lr}]
@@ -191,7 +191,8 @@ class Trainer:
 
     @torch.no_grad()
     def validation_step(self, batch: dict) -> tuple[float, np.ndarray]:
-        """Loss and per-class (tp, fp, fn) voxel counts, shape (3, num_classes - 1), on a validation batch."""
+        """Loss and per-class (tp, fp, fn) voxel counts, shape (3, num_classes - 1), on a validation batch
+        (voxels of the ignore label are not counted)."""
         data = batch["data"].to(self.device)
         target = batch["seg"].to(self.device)
         with self.autocast():
@@ -201,6 +202,8 @@ class Trainer:
         pred = logits.argmax(1)
         ref = target[:, 0].long()
         num_classes = self.plans.num_classes
+        if self.plans.ignore_label is not None:
+            pred = torch.where(ref == self.plans.ignore_label, torch.full_like(pred, -1), pred)  # no class
         stats = np.zeros((3, num_classes - 1))
         for c in range(1, num_classes):
             p, r = pred == c, ref == c
