@@ -26,9 +26,38 @@ def ignore_label_of(labels: dict[str, Any]) -> int | None:
     return None if value is None else int(value)
 
 
-def segmentation_labels_of(labels: dict[str, Any]) -> dict[str, int]:
-    """``labels`` without the ignore label: what the network predicts and the exports may contain."""
-    return {name: int(value) for name, value in labels.items() if name != IGNORE_LABEL_NAME}
+def segmentation_labels_of(labels: dict[str, Any]) -> dict[str, Any]:
+    """``labels`` without the ignore label: what the network predicts and the exports may contain (values are
+    integers, or lists of integers for regions)."""
+    return {name: ([int(v) for v in value] if isinstance(value, (list, tuple)) else int(value))
+            for name, value in labels.items() if name != IGNORE_LABEL_NAME}
+
+
+def has_regions_of(labels: dict[str, Any]) -> bool:
+    """nnU-Net v2 region-based labels: some value is a list of label values (e.g. ``"whole": [1, 2, 3]``)."""
+    return any(isinstance(v, (list, tuple)) for v in labels.values())
+
+
+def foreground_regions_of(labels: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Region name -> label values, in the order of ``labels`` (background and ignore left out); an integer
+    entry is the region of that one value. One sigmoid output each when training with regions."""
+    return {name: tuple(value) if isinstance(value, list) else (value,)
+            for name, value in segmentation_labels_of(labels).items() if value != 0}
+
+
+def label_values_of(labels: dict[str, Any]) -> list[int]:
+    """Every integer a label file may hold (the ignore value included), sorted."""
+    values: set[int] = set()
+    for value in labels.values():
+        values.update(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+    return sorted(values)
+
+
+def num_outputs_of(labels: dict[str, Any]) -> int:
+    """Network output channels: one per region (sigmoid), else one per label but ``ignore`` (softmax)."""
+    if has_regions_of(labels):
+        return len(foreground_regions_of(labels))
+    return len(segmentation_labels_of(labels))
 
 
 @dataclass(frozen=True)
@@ -65,7 +94,8 @@ class Plans:
     dataset_name: str
     plans_name: str
     channel_names: dict[str, str]           # "0" -> "CT" / "MRI" / ...
-    labels: dict[str, int]                  # name -> value, "background": 0; "ignore": the highest, if any
+    labels: dict[str, Any]                  # name -> value, "background": 0; "ignore": the highest, if any;
+                                            # a region's value is a list of label values (nnU-Net v2)
     file_ending: str
     original_median_spacing: list[float]    # (z, y, x)
     original_median_shape: list[int]        # after cropping, (z, y, x)
@@ -73,6 +103,8 @@ class Plans:
     configurations: dict[str, ConfigurationPlan]
     version: int = PLANS_VERSION
     planner: dict[str, Any] = field(default_factory=dict)  # how it was planned (preset, memory target, ...)
+    # Regions only (nnU-Net v2): the value each region paints when exported, region by region in this order.
+    regions_class_order: list[int] | None = None
 
     # -- convenience -------------------------------------------------------------------------------
     @property
@@ -85,18 +117,48 @@ class Plans:
         return ignore_label_of(self.labels)
 
     @property
-    def segmentation_labels(self) -> dict[str, int]:
+    def segmentation_labels(self) -> dict[str, Any]:
         """The labels the network predicts: all but ``ignore``."""
         return segmentation_labels_of(self.labels)
 
     @property
+    def has_regions(self) -> bool:
+        return has_regions_of(self.labels)
+
+    @property
+    def foreground_regions(self) -> dict[str, tuple[int, ...]]:
+        return foreground_regions_of(self.labels)
+
+    @property
     def num_classes(self) -> int:
-        """Output channels of the network: background plus every foreground label (not the ignore label)."""
-        return len(self.segmentation_labels)
+        """Output channels of the network: background plus every foreground label (not the ignore label); with
+        regions, one (sigmoid) channel per region and none for background."""
+        return num_outputs_of(self.labels)
 
     @property
     def foreground_labels(self) -> list[int]:
-        return sorted(v for v in self.segmentation_labels.values() if v != 0)
+        """Foreground label values (with regions: every value some region holds); oversampling centres on them."""
+        return [v for v in label_values_of(self.segmentation_labels) if v != 0]
+
+    @property
+    def evaluated_labels(self) -> list[int | tuple[int, ...]]:
+        """What the metrics score: the foreground labels, or the regions (tuples) in the order of ``labels``."""
+        return list(self.foreground_regions.values()) if self.has_regions else self.foreground_labels
+
+    @property
+    def evaluated_names(self) -> list[str]:
+        """Names of ``evaluated_labels``, in their order."""
+        if self.has_regions:
+            return list(self.foreground_regions)
+        by_value = {v: k for k, v in self.segmentation_labels.items()}
+        return [by_value[v] for v in self.foreground_labels]
+
+    @property
+    def export_labels(self) -> dict[str, int]:
+        """Name -> value of what an exported label map holds (with regions: the value each region paints)."""
+        if self.has_regions:
+            return {"background": 0, **dict(zip(self.foreground_regions, self.regions_class_order or []))}
+        return dict(self.segmentation_labels)
 
     def configuration(self, name: str) -> ConfigurationPlan:
         if name not in self.configurations:
@@ -141,8 +203,13 @@ class Plans:
         if "background" not in plans.labels or plans.labels["background"] != 0:
             raise SmitunetError(f"{source}: labels must map 'background' to 0")
         ignore = plans.ignore_label
-        if ignore is not None and ignore != max(plans.labels.values()):
+        if ignore is not None and ignore != max(label_values_of(plans.labels)):
             raise SmitunetError(f"{source}: labels: 'ignore' must be the highest label value, got {ignore}")
+        if plans.has_regions:
+            order = plans.regions_class_order
+            if not isinstance(order, list) or len(order) != len(plans.foreground_regions):
+                raise SmitunetError(f"{source}: regions_class_order must list one label value per region "
+                                    f"({len(plans.foreground_regions)}), got {order!r}")
         return plans
 
     def save(self, path: str | Path) -> None:

@@ -52,9 +52,14 @@ def test_msd_dataset_json_gets_a_hint(ds):
         load_dataset_json(ds)
 
 
-def test_regions_are_refused(ds):
+def test_regions_need_their_class_order(ds):
     d = json.loads((ds / "dataset.json").read_text())
     d["labels"]["whole"] = [1, 2]
     (ds / "dataset.json").write_text(json.dumps(d))
-    with pytest.raises(SmitunetError, match="region"):
+    with pytest.raises(SmitunetError, match="regions_class_order"):
+        load_dataset_json(ds)
+    d["labels"]["empty"] = []
+    d["regions_class_order"] = [1, 2, 2, 3]
+    (ds / "dataset.json").write_text(json.dumps(d))
+    with pytest.raises(SmitunetError, match="empty.*positive integers"):
         load_dataset_json(ds)

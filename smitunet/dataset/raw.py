@@ -1,7 +1,8 @@
 """Reading a raw dataset in nnU-Net v2's format.
 
 ``DatasetXXX_Name/dataset.json`` (``channel_names``, ``labels`` name->int, ``numTraining``, ``file_ending``;
-a label named ``ignore``, the highest value, marks unannotated voxels),
+a label named ``ignore``, the highest value, marks unannotated voxels; region-based labels list values, e.g.
+``"whole": [1, 2, 3]``, with ``regions_class_order``),
 ``imagesTr/{case}_{XXXX}{ending}``, ``labelsTr/{case}{ending}``, optional ``imagesTs/``. As in nnU-Net v2 a
 ``dataset`` key may list each case's files explicitly (paths relative to the dataset folder).
 
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from smitunet.errors import DatasetIntegrityError, SmitunetError
-from smitunet.plans import ignore_label_of
+from smitunet.plans import (foreground_regions_of, has_regions_of, ignore_label_of, label_values_of,
+                            segmentation_labels_of)
 
 # Case names become file names in the preprocessed store: no separators, no leading dot, no "..".
 _CASE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -59,7 +61,7 @@ def load_dataset_json(dataset_dir: str | Path) -> dict[str, Any]:
                 if key == "channel_names" and "modality" in d else ""
             raise SmitunetError(f"{path}: missing field {key!r}{hint}")
     _validate_channel_names(d["channel_names"], path)
-    _validate_labels(d["labels"], path)
+    _validate_labels(d["labels"], path, d.get("regions_class_order"))
     n = d["numTraining"]
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise SmitunetError(f"{path}: numTraining must be a positive integer, got {n!r}")
@@ -82,16 +84,25 @@ def _validate_channel_names(channels: Any, path: Path) -> None:
             raise SmitunetError(f"{path}: channel_names[{key!r}] must be a non-empty string")
 
 
-def _validate_labels(labels: Any, path: Path) -> None:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _validate_labels(labels: Any, path: Path, regions_class_order: Any = None) -> None:
     if not isinstance(labels, dict) or not labels:
         raise SmitunetError(f"{path}: labels must be a non-empty object mapping names to integers")
     for name, value in labels.items():
-        if isinstance(value, (list, tuple)):
-            raise SmitunetError(f"{path}: labels[{name!r}] is a region (list); regions are not supported")
-        if not isinstance(value, int) or isinstance(value, bool):
+        if isinstance(value, list) and name not in ("background", "ignore"):
+            if not value or not all(_is_int(v) and v > 0 for v in value):
+                raise SmitunetError(f"{path}: labels[{name!r}] is a region: it must list positive integers, "
+                                    f"got {value!r}")
+        elif not _is_int(value):
             raise SmitunetError(f"{path}: labels[{name!r}] must be an integer, got {value!r}")
     if labels.get("background") != 0:
         raise SmitunetError(f"{path}: labels must map 'background' to 0")
+    if has_regions_of(labels):
+        _validate_regions(labels, path, regions_class_order)
+        return
     values = sorted(labels.values())
     if values != list(range(len(values))):
         raise SmitunetError(f"{path}: label values must be consecutive integers 0..{len(values) - 1}, got {values}")
@@ -99,6 +110,20 @@ def _validate_labels(labels: Any, path: Path) -> None:
     ignore = ignore_label_of(labels)
     if ignore is not None and ignore != values[-1]:
         raise SmitunetError(f"{path}: labels['ignore'] must be the highest label value ({values[-1]}), got {ignore}")
+
+
+def _validate_regions(labels: dict, path: Path, order: Any) -> None:
+    """nnU-Net v2 region-based labels: one output per region, ``regions_class_order`` says which value each
+    region paints when predictions are turned back into a label map."""
+    regions = foreground_regions_of(labels)
+    if not isinstance(order, list) or len(order) != len(regions) or not all(_is_int(v) and v > 0 for v in order):
+        raise SmitunetError(f"{path}: region-based labels need regions_class_order: one positive label value per "
+                            f"region ({len(regions)}: {', '.join(regions)}), got {order!r}")
+    ignore = ignore_label_of(labels)
+    values = label_values_of(segmentation_labels_of(labels))
+    if ignore is not None and ignore <= values[-1]:
+        raise SmitunetError(f"{path}: labels['ignore'] must be the highest label value (above {values[-1]}), "
+                            f"got {ignore}")
 
 
 def case_name_problem(case: str) -> str | None:

@@ -31,7 +31,8 @@ from smitunet.evaluation.evaluate import evaluate_pairs, list_label_files
 from smitunet.evaluation.postprocessing import determine_postprocessing
 from smitunet.inference.inputs import InputCase
 from smitunet.inference.predictor import PredictionOptions, Predictor
-from smitunet.plans import ignore_label_of, segmentation_labels_of
+from smitunet.plans import (foreground_regions_of, has_regions_of, ignore_label_of, label_values_of,
+                            segmentation_labels_of)
 from smitunet.paths import ENSEMBLES_FOLDER, INFERENCE_INFORMATION_FILE, ensemble_name, raw_dir, resolve_dataset_name, \
     results_dir
 from smitunet.postprocessing import save_postprocessing
@@ -111,7 +112,7 @@ def raw_cases(dataset_name: str) -> dict[str, dict]:
     return list_training_cases(folder)
 
 
-def evaluate_predictions(predictions: dict[str, Path], references: dict[str, Path], labels: list[int],
+def evaluate_predictions(predictions: dict[str, Path], references: dict[str, Path], labels: list[int | tuple[int, ...]],
                          summary_file: Path, where: Path, ignore_label: int | None = None) -> dict:
     missing = sorted(set(predictions) - set(references))
     if missing:
@@ -123,7 +124,7 @@ def evaluate_predictions(predictions: dict[str, Path], references: dict[str, Pat
             "pairs": [(r, p) for _, r, p in pairs]}
 
 
-def evaluate_model(model_dir: Path, folds, references: dict[str, Path], labels: list[int],
+def evaluate_model(model_dir: Path, folds, references: dict[str, Path], labels: list[int | tuple[int, ...]],
                    ignore_label: int | None = None) -> dict | None:
     predictions = validation_predictions(model_dir, folds)
     if predictions is None:
@@ -134,7 +135,7 @@ def evaluate_model(model_dir: Path, folds, references: dict[str, Path], labels: 
     return {"folder": model_dir, **result}
 
 
-def evaluate_ensembles(candidates: list[dict], dataset_name: str, folds, labels: list[int],
+def evaluate_ensembles(candidates: list[dict], dataset_name: str, folds, labels: list[int | tuple[int, ...]],
                        references: dict[str, Path], use_tta: bool = True, device: str = "auto",
                        ignore_label: int | None = None) -> list[dict]:
     """Every pair of candidates, their validation probabilities averaged per case."""
@@ -144,13 +145,14 @@ def evaluate_ensembles(candidates: list[dict], dataset_name: str, folds, labels:
     for c in candidates:
         ensure_probabilities(c["folder"], folds, cases, use_tta, device)
     dataset_json = load_dataset_json(raw_dir() / dataset_name)
-    label_values = list(segmentation_labels_of(dataset_json["labels"]).values())  # the network's channels
+    regions_order = dataset_json.get("regions_class_order") if has_regions_of(dataset_json["labels"]) else None
+    label_values = None if regions_order else list(segmentation_labels_of(dataset_json["labels"]).values())
     ensembles = []
     for a, b in combinations(candidates, 2):
         name = ensemble_name([a["folder"].name, b["folder"].name])
         folder = results_dir() / dataset_name / ENSEMBLES_FOLDER / name
         predictions = write_ensemble_crossval([a["folder"], b["folder"]], folds, folder / "crossval", label_values,
-                                              dataset_json["file_ending"])
+                                              dataset_json["file_ending"], regions_order)
         result = evaluate_predictions(predictions, references, labels,
                                       folder / f"crossval_summary_folds_{'_'.join(folds)}.json", folder, ignore_label)
         members = [_identity(m) for m in (a, b)]
@@ -174,7 +176,9 @@ def find_best(dataset: str | int, folds=DEFAULT_FOLDS, configurations=None, trai
     dataset_name = resolve_dataset_name(dataset, search=("results", "raw", "preprocessed"))
     references = reference_labels(dataset_name)
     raw_labels = load_dataset_json(raw_dir() / dataset_name)["labels"]
-    labels = sorted(v for v in segmentation_labels_of(raw_labels).values() if v != 0)
+    # scored: the labels, or the regions; the largest-component choice is per label value of the exported maps
+    post_labels = [v for v in label_values_of(segmentation_labels_of(raw_labels)) if v != 0]
+    labels = list(foreground_regions_of(raw_labels).values()) if has_regions_of(raw_labels) else post_labels
     ignore_label = ignore_label_of(raw_labels)
     candidates, skipped = [], []
     for model_dir in sorted(p for p in (results_dir() / dataset_name).iterdir() if p.is_dir()):
@@ -198,10 +202,10 @@ def find_best(dataset: str | int, folds=DEFAULT_FOLDS, configurations=None, trai
     best_ensemble = max(ensembles, key=lambda c: c["dice"], default=None)
     # an ensemble costs twice the prediction time: only strictly better wins
     best = best_ensemble if best_ensemble and best_ensemble["dice"] > best_single["dice"] else best_single
-    post = determine_postprocessing(best["pairs"], labels, ignore_label)
+    post = determine_postprocessing(best["pairs"], post_labels, ignore_label)
     save_postprocessing(post, best["folder"])
     if best is not best_single:  # smitunet_predict --disable_ensemble uses the best single model
-        save_postprocessing(determine_postprocessing(best_single["pairs"], labels, ignore_label),
+        save_postprocessing(determine_postprocessing(best_single["pairs"], post_labels, ignore_label),
                             best_single["folder"])
     info = {"best": _summary(best), "best_single": _summary(best_single), "folds": list(folds),
             "postprocessing": post, "candidates": [_summary(c) for c in candidates],

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from smitunet.errors import SmitunetError
 from smitunet.evaluation.evaluate import list_label_files
 from smitunet.imageio import read_image, write_image
+from smitunet.inference.export import regions_to_labels
 
 def validation_cases_per_fold(model_dir: Path, folds: Sequence[str]) -> dict[str, str]:
     """case -> fold whose validation holds it (from the fold validation label files)."""
@@ -38,22 +39,26 @@ def load_probabilities(path: Path) -> np.ndarray:
 
 
 def write_ensemble_crossval(member_dirs: Sequence[Path], folds: Sequence[str], out_folder: Path,
-                            label_values: Sequence[int], file_ending: str) -> dict[str, Path]:
-    """Average the members' validation probabilities per case, arg-max, write labels; case -> label file."""
+                            label_values: Sequence[int], file_ending: str,
+                            regions_class_order: Sequence[int] | None = None) -> dict[str, Path]:
+    """Average the members' validation probabilities per case, arg-max (or, with ``regions_class_order``, paint
+    the thresholded regions), write labels; case -> label file."""
     assignments = [validation_cases_per_fold(d, folds) for d in member_dirs]
     cases = sorted(assignments[0])
     for d, a in zip(member_dirs[1:], assignments[1:]):
         if sorted(a) != cases:
             raise SmitunetError(f"{d}: validation cases differ from {member_dirs[0]}; ensembled models need the "
                                 "same splits")
-    lookup = np.asarray(sorted(label_values), dtype=np.uint8 if max(label_values) < 256 else np.int16)
+    lookup = None if regions_class_order else \
+        np.asarray(sorted(label_values), dtype=np.uint8 if max(label_values) < 256 else np.int16)
     written = {}
     for case in tqdm(cases, desc="ensemble cross-validation", disable=None):
         out = out_folder / f"{case}{file_ending}"
         _, geometry = read_image(member_dirs[0] / f"fold_{assignments[0][case]}" / "validation" /
                                  f"{case}{file_ending}")
         mean = average_probabilities([probability_file(d, a[case], case) for d, a in zip(member_dirs, assignments)])
-        write_image(lookup[mean.argmax(0)], geometry, out)
+        labels = regions_to_labels(mean, list(regions_class_order)) if lookup is None else lookup[mean.argmax(0)]
+        write_image(labels, geometry, out)
         written[case] = out
     return written
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from smitunet.evaluation.metrics import case_metrics, foreground_mean, mean_metrics
 from smitunet.contracts import CaseProperties
 from smitunet.imageio import read_image
-from smitunet.inference.export import export_case
+from smitunet.inference.export import activate, export_case
 from smitunet.inference.sliding_window import predict_sliding_window
 from smitunet.plans import Plans
 from smitunet.preprocessing.preprocessor import restore_original_geometry
@@ -38,14 +38,17 @@ def raw_label_files(dataset_name: str) -> dict[str, Path]:
 
 def predict_case(network, plans: Plans, configuration: str, data_folder: Path, case: str, device: torch.device,
                  mirror_axes) -> tuple[np.ndarray, dict]:
-    """Softmax probabilities (K, z, y, x) in the preprocessed space, and the case's properties."""
+    """Probabilities (K, z, y, x; softmax, or sigmoid per region) in the preprocessed space, and the case's
+    properties."""
     data = np.load(data_folder / f"{case}.npy")
     properties = CaseProperties.load(data_folder / f"{case}.json").to_dict()
     logits = predict_sliding_window(network, torch.from_numpy(data), plans.configuration(configuration).patch_size,
                                     plans.num_classes, step_size=0.5, mirror_axes=mirror_axes, device=device,
                                     output_device="cpu", progress=False,
                                     autocast_dtype=torch.float16 if device.type == "cuda" else None)
-    return torch.softmax(logits.float(), 0).numpy(), properties
+    logits = logits.float()
+    activate(logits, plans)
+    return logits.numpy(), properties
 
 
 def reference_labels(plans: Plans, configuration: str, data_folder: Path, case: str, properties: dict,
@@ -68,7 +71,7 @@ def validate_fold(network, plans: Plans, configuration: str, data_folder: Path, 
     network.eval()
     network.deep_supervision = False
     raw_labels = raw_label_files(plans.dataset_name)
-    labels = plans.foreground_labels
+    labels = plans.evaluated_labels  # foreground labels, or regions (scored as the union of their values)
     per_case = []
     for case in tqdm(cases, desc="fold validation", disable=None):
         probabilities, properties = predict_case(network, plans, configuration, data_folder, case, device, mirror_axes)

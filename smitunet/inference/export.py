@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from smitunet.postprocessing import apply_postprocessing
 from smitunet.imageio import Geometry, write_image
@@ -18,6 +19,38 @@ def label_lookup(plans: Plans) -> np.ndarray:
     values = sorted(int(v) for v in plans.segmentation_labels.values())
     dtype = np.uint8 if max(values) < 256 else np.int16
     return np.asarray(values, dtype=dtype)
+
+
+def regions_to_labels(probabilities: np.ndarray, regions_class_order: list[int],
+                      threshold: float = 0.5) -> np.ndarray:
+    """Region probabilities (R, z, y, x) -> a label map, as nnU-Net v2: region by region in order, every voxel
+    where the region's probability exceeds ``threshold`` gets the region's class value (later regions paint over
+    earlier ones, so nested regions go from the outermost to the innermost)."""
+    dtype = np.uint8 if max(regions_class_order, default=0) < 256 else np.int16
+    labels = np.zeros(probabilities.shape[1:], dtype=dtype)
+    for region, value in enumerate(regions_class_order):
+        labels[probabilities[region] > threshold] = value
+    return labels
+
+
+def probabilities_to_segmentation(probabilities: np.ndarray, plans: Plans) -> np.ndarray:
+    """Label values (z, y, x) from the network's probabilities: arg-max (softmax) or regions (sigmoid)."""
+    if plans.has_regions:
+        return regions_to_labels(probabilities, plans.regions_class_order)
+    return label_lookup(plans)[argmax_int16(probabilities)]
+
+
+def activate(logits: torch.Tensor, plans: Plans, slab: int = 16) -> None:
+    """Logits (K, z, y, x) -> probabilities in place: sigmoid per region, else softmax over the class axis, slab
+    by slab along z (no extra full-volume temporaries)."""
+    for z in range(0, logits.shape[1], slab):
+        part = logits[:, z:z + slab]
+        if plans.has_regions:
+            part.sigmoid_()
+            continue
+        part.sub_(part.max(0, keepdim=True).values)
+        part.exp_()
+        part.div_(part.sum(0, keepdim=True))
 
 
 def argmax_int16(probabilities: np.ndarray, slab: int = 16) -> np.ndarray:
@@ -41,6 +74,15 @@ def probabilities_to_labels(probabilities: np.ndarray, properties: dict, plans: 
     """
     from smitunet.preprocessing.preprocessor import restore_original_geometry
 
+    if plans.has_regions:
+        # thresholds do not commute with resampling: restore the probabilities first, then paint the regions
+        if not keep_probabilities and not needs_resampling(properties):
+            segmentation = probabilities_to_segmentation(probabilities, plans)
+            return restore_original_geometry(segmentation, properties, plans, configuration,
+                                             is_seg=True).astype(segmentation.dtype), None
+        restored = np.asarray(restore_original_geometry(probabilities, properties, plans, configuration,
+                                                        is_seg=False), dtype=np.float32)
+        return probabilities_to_segmentation(restored, plans), (restored if keep_probabilities else None)
     lookup = label_lookup(plans)
     if not keep_probabilities and not needs_resampling(properties):
         restored_index = restore_original_geometry(argmax_int16(probabilities), properties, plans, configuration,

@@ -29,8 +29,8 @@ from smitunet.dicom_io import DICOM_OUTPUTS, dicom_output_file
 from smitunet.errors import BadInputError, CasesFailedError, SmitunetError
 from smitunet.postprocessing import apply_postprocessing, load_postprocessing
 from smitunet.imageio import Geometry, write_image
-from smitunet.inference.export import (argmax_int16, export_case, label_lookup, probabilities_to_labels,
-                                      probability_file)
+from smitunet.inference.export import (activate, export_case, probabilities_to_labels,
+                                      probabilities_to_segmentation, probability_file)
 from smitunet.inference.inputs import InputCase, find_input_cases
 from smitunet.inference.sliding_window import predict_sliding_window
 from smitunet.networks.registry import build_from_config
@@ -101,7 +101,8 @@ class FoldEnsemble:
         return self.plans.num_classes
 
     def predict_probabilities(self, data: np.ndarray, options: PredictionOptions) -> np.ndarray:
-        """Mean softmax over folds, float32 (K, z, y, x), in the preprocessed space."""
+        """Mean probabilities (softmax, or sigmoid per region) over folds, float32 (K, z, y, x), in the
+        preprocessed space."""
         tile_batch = options.tile_batch_size or (4 if self.device.type == "cuda" else 1)
         output_device = self._output_device(data.shape[1:])
         tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
@@ -113,7 +114,7 @@ class FoldEnsemble:
                 self.mirror_axes if options.use_tta else None, tile_batch, self.device,
                 output_device=output_device, autocast_dtype=autocast_dtype(options.precision, self.device),
                 stats=options.stats, progress=options.progress)
-            _softmax_inplace(logits)
+            activate(logits, self.plans)  # softmax, or sigmoid per region
             mean = logits if mean is None else mean.add_(logits)
             del logits
         mean /= len(self.state_dicts)
@@ -126,15 +127,6 @@ class FoldEnsemble:
         needed = 2 * self.num_classes * int(np.prod(spatial)) * 4
         free, _ = torch.cuda.mem_get_info(self.device)
         return self.device if needed < 0.5 * free else torch.device("cpu")
-
-
-def _softmax_inplace(logits: torch.Tensor, slab: int = 16) -> None:
-    """Softmax over the class axis, slab by slab along z: no extra full-volume temporaries."""
-    for z in range(0, logits.shape[1], slab):
-        part = logits[:, z:z + slab]
-        part.sub_(part.max(0, keepdim=True).values)
-        part.exp_()
-        part.div_(part.sum(0, keepdim=True))
 
 
 def output_file_for(case: InputCase, output_dir: Path) -> Path:
@@ -226,7 +218,7 @@ class Predictor:
 
         def write(labels: np.ndarray, geometry: Geometry) -> None:
             series = load_series_headers(case.channels[0], geometry)
-            write_dicom_outputs(self.options.dicom_output, series, labels, self.model.plans.segmentation_labels,
+            write_dicom_outputs(self.options.dicom_output, series, labels, self.model.plans.export_labels,
                                 output_file.parent / case.name)
 
         return write
@@ -261,7 +253,7 @@ class Predictor:
             restored *= len(group)   # equal weight per model
             total = restored if total is None else np.add(total, restored, out=total)
         total /= len(self.models)
-        labels = apply_postprocessing(label_lookup(self.model.plans)[argmax_int16(total)], self.postprocessing)
+        labels = apply_postprocessing(probabilities_to_segmentation(total, self.model.plans), self.postprocessing)
         return labels, total
 
     def predict_array(self, data: np.ndarray, geometry: Geometry) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from smitunet.dataset.integrity import read_checked_case
-from smitunet.plans import ignore_label_of
+from smitunet.plans import ignore_label_of, label_values_of
 from smitunet.preprocessing.cropping import box_shape, crop, nonzero_bbox
 from smitunet.utils.parallel import CasePool
 
@@ -99,7 +99,7 @@ def extract_fingerprint(dataset_dir: Path, dataset_json: dict, cases: dict[str, 
 
     With ``cache`` (a dict), small cases' ``(data, seg, geometry)`` are stored in it for preprocessing.
     """
-    allowed = set(int(v) for v in dataset_json["labels"].values())
+    allowed = set(label_values_of(dataset_json["labels"]))
     results, problems, warnings = {}, [], []
     work = partial(analyze_case, allowed_labels=allowed, keep_arrays=cache is not None,
                    ignore_label=ignore_label_of(dataset_json["labels"]))

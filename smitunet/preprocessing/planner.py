@@ -17,7 +17,7 @@ import numpy as np
 
 from smitunet.contracts import Fingerprint
 from smitunet.errors import SmitunetError
-from smitunet.plans import DEFAULT_PLANS_NAME, ConfigurationPlan, NetworkConfig, Plans, segmentation_labels_of
+from smitunet.plans import DEFAULT_PLANS_NAME, ConfigurationPlan, NetworkConfig, Plans, has_regions_of, num_outputs_of
 from smitunet.preprocessing.normalization import scheme_for_channel
 from smitunet.preprocessing.resampling import ANISOTROPY_THRESHOLD
 
@@ -296,9 +296,10 @@ def plan_experiment(dataset_name: str, dataset_json: dict, fingerprint: dict, *,
     if decoder is not None:  # the Swin U-Net's decoder: "res" (default) or "light" (1x1 skips, no stem)
         preset_kwargs["decoder"] = decoder
     channels = {str(k): v for k, v in dataset_json["channel_names"].items()}
-    labels = {str(k): int(v) for k, v in dataset_json["labels"].items()}
-    # The ignore label is no class: the network has one output channel per label but "ignore".
-    sizer = _Sizer(preset, preset_kwargs, len(channels), len(segmentation_labels_of(labels)),
+    labels = {str(k): ([int(x) for x in v] if isinstance(v, list) else int(v))  # lists: regions
+              for k, v in dataset_json["labels"].items()}
+    # The ignore label is no class; with regions there is one (sigmoid) output per region and none for background.
+    sizer = _Sizer(preset, preset_kwargs, len(channels), num_outputs_of(labels),
                    gpu_memory_target_gb * 1024 ** 3,
                    keep_stages=pretrained is not None)
     normalization = [scheme_for_channel(channels[str(c)]) for c in range(len(channels))]
@@ -353,4 +354,5 @@ def plan_experiment(dataset_name: str, dataset_json: dict, fingerprint: dict, *,
         original_median_shape=[int(round(v)) for v in np.median(np.asarray(fingerprint["shapes_after_crop"]), axis=0)],
         foreground_intensity_properties=fingerprint["foreground_intensity_properties_per_channel"],
         configurations=configs, planner=planner,
+        regions_class_order=[int(v) for v in dataset_json["regions_class_order"]] if has_regions_of(labels) else None,
     )

@@ -85,7 +85,7 @@ def restore_original_geometry(array: np.ndarray, properties: dict[str, Any], pla
 
     ``is_seg``: ``array`` is (z, y, x) labels -> (z, y, x) int16 labels in the original shape.
     Otherwise ``array`` is (K, z, y, x) probabilities -> float32 (K, z, y, x); outside the crop region class 0
-    gets 1 and the other classes 0.
+    gets 1 and the other classes 0 (with regions every channel gets 0: there is no background channel).
     """
     cfg = plans.configuration(configuration)
     box = properties["bbox_used_for_cropping"]
@@ -103,6 +103,7 @@ def restore_original_geometry(array: np.ndarray, properties: dict[str, Any], pla
         raise SmitunetError(f"probabilities must be (K, z, y, x), got shape {array.shape}")
     restored = resample_probabilities(np.asarray(array, dtype=np.float32), cropped_shape, axis)
     out = np.zeros((array.shape[0], *full_shape), dtype=np.float32)
-    out[0] = 1.0
+    if not plans.has_regions:
+        out[0] = 1.0
     out[:, z0:z1, y0:y1, x0:x1] = restored
     return out

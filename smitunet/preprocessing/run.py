@@ -17,7 +17,7 @@ from smitunet.dataset.raw import list_test_cases, load_dataset_json, scan_traini
 from smitunet.contracts import Fingerprint
 from smitunet.errors import DatasetIntegrityError, SmitunetError
 from smitunet.paths import preprocessed_dir, raw_dir, resolve_dataset_name
-from smitunet.plans import DEFAULT_PLANS_NAME, Plans
+from smitunet.plans import DEFAULT_PLANS_NAME, Plans, label_values_of
 from smitunet.preprocessing.fingerprint import extract_fingerprint, raw_signature
 from smitunet.preprocessing.planner import DEFAULT_GPU_MEMORY_GB, DEFAULT_PRESET, plan_experiment
 from smitunet.preprocessing.store import preprocess_dataset
@@ -52,7 +52,7 @@ def _warn(lines: list[str], limit: int = 20) -> None:
 
 def _check_test_images(dataset_dir: Path, dj: dict, pool: CasePool, folder: str = "imagesTs") -> list[str]:
     cases, problems = list_test_cases(dataset_dir, dj, folder=folder)
-    allowed = {int(v) for v in dj["labels"].values()}
+    allowed = set(label_values_of(dj["labels"]))
     for found, _warnings in pool.imap(partial(_check_one, allowed=allowed), sorted(cases.items()),
                                      total=len(cases), desc=f"check {folder}"):
         problems += found

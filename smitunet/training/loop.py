@@ -78,9 +78,7 @@ class TrainingLoop:
         self.dist = self.ctx.dist
         self.device = self.ctx.device
         self.out = Path(self.ctx.output_dir)
-        labels = sorted(trainer.plans.segmentation_labels.items(), key=lambda kv: kv[1])
-        self.logger = TrainingLogger(self.out, enabled=self.dist.is_main,
-                                     class_names=[name for name, value in labels if value != 0])
+        self.logger = TrainingLogger(self.out, enabled=self.dist.is_main, class_names=trainer.plans.evaluated_names)
         self.epoch = 0
         self.best_ema: float | None = None
         self.ema: float | None = None
@@ -195,8 +193,8 @@ class TrainingLoop:
         self.network.eval()
         loader = t.build_val_loader(val_cases, shard)
         to_tensors = no_augmentation_transforms()
-        num_classes = t.plans.num_classes
-        totals = torch.zeros(2 + 3 * (num_classes - 1), dtype=torch.float64)
+        num_evaluated = len(t.plans.evaluated_labels)
+        totals = torch.zeros(2 + 3 * num_evaluated, dtype=torch.float64)
         for _ in range(t.val_iterations):
             batch = to_tensors(**loader.generate_train_batch())
             loss, stats = t.validation_step(batch)
@@ -204,7 +202,7 @@ class TrainingLoop:
             totals[1] += len(shard)
             totals[2:] += torch.from_numpy(stats.reshape(-1))
         totals = all_reduce_sum(totals.to(self.device), self.dist).cpu()
-        tp, fp, fn = totals[2:].reshape(3, num_classes - 1).numpy()
+        tp, fp, fn = totals[2:].reshape(3, num_evaluated).numpy()
         dice = [float(2 * a / (2 * a + b + c)) if (2 * a + b + c) > 0 else float("nan") for a, b, c in zip(tp, fp, fn)]
         return float(totals[0] / totals[1]), dice
 

@@ -1,4 +1,5 @@
-"""Soft Dice + cross-entropy, with deep supervision over the network's lower-resolution outputs."""
+"""Soft Dice + cross-entropy (labels) or + binary cross-entropy (regions), with deep supervision over the
+network's lower-resolution outputs."""
 
 from __future__ import annotations
 
@@ -53,6 +54,46 @@ class DiceCELoss(nn.Module):
         denominator = probs.sum(axes) + onehot.sum(axes)
         dice = (2 * intersection + self.smooth) / (denominator + self.smooth)
         return self.ce_weight * ce + self.dice_weight * (1 - dice.mean())
+
+
+class RegionDiceBCELoss(nn.Module):
+    """nnU-Net v2's region loss: ``bce_weight * BCE + dice_weight * (1 - soft Dice)`` on sigmoid outputs, one
+    channel per (possibly overlapping) region, no background channel.
+
+    The integer target is turned into one binary map per region here (voxel in region = its label is one of the
+    region's values), so deep supervision downsamples plain labels as for softmax training. As ``DiceCELoss``:
+    per sample (a plain mean over samples), and voxels of ``ignore_label`` are left out of both terms.
+    """
+
+    def __init__(self, regions: Sequence[Sequence[int]], bce_weight: float = 1.0, dice_weight: float = 1.0,
+                 smooth: float = 1e-5, ignore_label: int | None = None):
+        super().__init__()
+        self.regions = [tuple(int(v) for v in r) for r in regions]
+        self.bce_weight, self.dice_weight = bce_weight, dice_weight
+        self.smooth = smooth
+        self.ignore_label = ignore_label
+
+    def region_targets(self, target: torch.Tensor) -> torch.Tensor:
+        """(B, 1, *spatial) labels -> (B, R, *spatial) float binary region maps."""
+        labels = target[:, 0].long()
+        return torch.stack([torch.isin(labels, torch.tensor(r, device=labels.device)) for r in self.regions],
+                           1).float()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if logits.shape[1] != len(self.regions):
+            raise ValueError(f"{logits.shape[1]} output channels but {len(self.regions)} regions")
+        regions = self.region_targets(target)
+        mask = torch.ones_like(target, dtype=logits.dtype) if self.ignore_label is None else \
+            (target != self.ignore_label).to(logits.dtype)  # (B, 1, *spatial)
+        bce = F.binary_cross_entropy_with_logits(logits, regions, reduction="none") * mask
+        per_sample = bce.flatten(1).sum(1) / (mask.flatten(1).sum(1) * len(self.regions)).clamp_min(1)
+        probs, regions = torch.sigmoid(logits) * mask, regions * mask
+        axes = tuple(range(2, logits.ndim))
+        intersection = (probs * regions).sum(axes)
+        denominator = probs.sum(axes) + regions.sum(axes)
+        dice = (2 * intersection + self.smooth) / (denominator + self.smooth)
+        return self.bce_weight * per_sample.mean() + self.dice_weight * (1 - dice.mean())
 
 
 def deep_supervision_weights(num_outputs: int) -> list[float]:

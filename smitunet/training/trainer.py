@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from smitunet.plans import ConfigurationPlan, NetworkConfig, Plans
+from smitunet.plans import ConfigurationPlan, NetworkConfig, Plans, label_values_of
 from smitunet.training.augmentation import AugmentationParams, no_augmentation_transforms, training_transforms
 from smitunet.training.augmentation import rotation_angles, sampling_patch_size
 from smitunet.training.data import PatchLoader, PreprocessedCases, label_index_map
 from smitunet.utils.distributed import DistContext
-from smitunet.training.losses import DeepSupervisionLoss, DiceCELoss
+from smitunet.training.losses import DeepSupervisionLoss, DiceCELoss, RegionDiceBCELoss
 from smitunet.training.schedule import WarmupDecaySchedule
 
 
@@ -143,6 +143,9 @@ class Trainer:
 
     # -- optimisation --------------------------------------------------------------------------------
     def build_loss(self) -> nn.Module:
+        if self.plans.has_regions:  # sigmoid outputs, one per region (nnU-Net v2's region-based training)
+            return DeepSupervisionLoss(RegionDiceBCELoss(list(self.plans.foreground_regions.values()),
+                                                         ignore_label=self.plans.ignore_label))
         return DeepSupervisionLoss(DiceCELoss(ignore_label=self.plans.ignore_label))
 
     def parameter_groups(self, network: nn.Module) -> list[dict[str, Any]]:
@@ -191,23 +194,27 @@ class Trainer:
 
     @torch.no_grad()
     def validation_step(self, batch: dict) -> tuple[float, np.ndarray]:
-        """Loss and per-class (tp, fp, fn) voxel counts, shape (3, num_classes - 1), on a validation batch
-        (voxels of the ignore label are not counted)."""
+        """Loss and (tp, fp, fn) voxel counts per evaluated label (``plans.evaluated_labels``: foreground labels,
+        or regions), shape (3, L), on a validation batch (voxels of the ignore label are not counted)."""
         data = batch["data"].to(self.device)
         target = batch["seg"].to(self.device)
         with self.autocast():
             output = self.network(data)
             loss = self.loss(output, target)
         logits = output[0] if isinstance(output, (list, tuple)) else output
-        pred = logits.argmax(1)
         ref = target[:, 0].long()
-        num_classes = self.plans.num_classes
-        if self.plans.ignore_label is not None:
-            pred = torch.where(ref == self.plans.ignore_label, torch.full_like(pred, -1), pred)  # no class
-        stats = np.zeros((3, num_classes - 1))
-        for c in range(1, num_classes):
-            p, r = pred == c, ref == c
-            stats[:, c - 1] = [(p & r).sum().item(), (p & ~r).sum().item(), (~p & r).sum().item()]
+        annotated = None if self.plans.ignore_label is None else ref != self.plans.ignore_label
+        evaluated = self.plans.evaluated_labels
+        stats = np.zeros((3, len(evaluated)))
+        pred_index = None if self.plans.has_regions else logits.argmax(1)
+        for i, label in enumerate(evaluated):
+            if self.plans.has_regions:  # sigmoid > 0.5, i.e. logit > 0
+                p, r = logits[:, i] > 0, torch.isin(ref, torch.tensor(label, device=ref.device))
+            else:
+                p, r = pred_index == label, ref == label
+            if annotated is not None:
+                p = p & annotated
+            stats[:, i] = [(p & r).sum().item(), (p & ~r).sum().item(), (~p & r).sum().item()]
         return float(loss), stats
 
     def extra_state(self) -> dict[str, Any]:
@@ -249,18 +256,23 @@ class Trainer:
             return no_augmentation_transforms()
         return training_transforms(self.config.patch_size, self.config.spacing, params)
 
+    def label_map(self):
+        """Label value -> network channel for the softmax loss (None: identity). Region losses read the raw values
+        (a region lists them, e.g. BraTS's 1, 2, 4), so they are never remapped."""
+        return None if self.plans.has_regions else label_index_map(label_values_of(self.plans.labels))
+
     def build_train_loader(self, cases: PreprocessedCases, sample_indices, start_batch: int) -> PatchLoader:
         return PatchLoader(cases, self.sampling_patch_size(), self.config.batch_size, sample_indices,
                            seed=self.options.seed, start_batch=start_batch,
                            oversample_foreground=self.oversample_foreground, num_workers=self.options.num_workers,
-                           label_map=label_index_map(self.plans.labels.values()))
+                           label_map=self.label_map())
 
     def build_val_loader(self, cases: PreprocessedCases, sample_indices) -> PatchLoader:
         # A fixed seed offset: the same validation patches every epoch, so the pseudo-Dice curve is not noise.
         return PatchLoader(cases, self.config.patch_size, self.config.batch_size, sample_indices,
                            seed=self.options.seed + 7919, start_batch=0,
                            oversample_foreground=self.oversample_foreground, num_workers=1,
-                           label_map=label_index_map(self.plans.labels.values()))
+                           label_map=self.label_map())
 
 
 _ENCODER_DEPTH = re.compile(r"^(?:layers\.(\d+)|norm(\d+))\.")
