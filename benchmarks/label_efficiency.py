@@ -57,7 +57,7 @@ from smitunet.training.semi_supervised import SMITSemiSupervisedTrainer  # noqa:
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_TRAINERS = {name: f"label_efficiency_trainers:{name}" for name in (
     "SMITTrainerFrozenEncoder", "SMITTrainerUniformLR", "SMITTrainerEncoderWarmup",
-    "SMITSemiSupervisedTrainerNoWarmup")}
+    "SMITSemiSupervisedTrainerNoWarmup", "SMITSemiSupervisedTrainerNoLCC")}
 METHODS = ("smit", "smart", "gmim")
 # row -> (pretraining method or None, trainer); nnunet is nnU-Net's own trainer
 SMITUNET_ROWS = {"scratch": (None, "SMITTrainer"), "upper": (None, "SMITTrainer"),
@@ -65,14 +65,15 @@ SMITUNET_ROWS = {"scratch": (None, "SMITTrainer"), "upper": (None, "SMITTrainer"
                  "smit_uniform_lr": ("smit", "SMITTrainerUniformLR"), "smit_warmup": ("smit", "SMITTrainerEncoderWarmup"),
                  "probe_random": (None, "SMITTrainerFrozenEncoder"), "probe_smit": ("smit", "SMITTrainerFrozenEncoder"),
                  "semi": (None, "SMITSemiSupervisedTrainer"), "semi_smit": ("smit", "SMITSemiSupervisedTrainer"),
-                 "semi_nowarmup": (None, "SMITSemiSupervisedTrainerNoWarmup")}
+                 "semi_nowarmup": (None, "SMITSemiSupervisedTrainerNoWarmup"),
+                 "semi_nolcc": (None, "SMITSemiSupervisedTrainerNoLCC")}
 # Every row also exists with the light decoder ("<row>_light"): the same plans (patch, strides, spacing) with
 # decoder "light", so the encoder carries the representation; the same pretraining.
 LIGHT = "_light"
 LIGHT_PLANS = "smitunetPlans_light"
 SMITUNET_ROWS |= {f"{row}{LIGHT}": spec for row, spec in SMITUNET_ROWS.items()}
 # on every non-evaluation case, --labelled_cases the first N
-SEMI_ROWS = tuple(r + light for light in ("", LIGHT) for r in ("semi", "semi_smit", "semi_nowarmup"))
+SEMI_ROWS = tuple(r + light for light in ("", LIGHT) for r in ("semi", "semi_smit", "semi_nowarmup", "semi_nolcc"))
 ROWS = (*SMITUNET_ROWS, "nnunet")
 
 
@@ -83,7 +84,7 @@ def plans_of(row: str) -> str:
 def budget_key(row: str) -> str:
     light = LIGHT if row.endswith(LIGHT) else ""
     base = row[: -len(LIGHT)] if light else row
-    if base in ("semi", "semi_smit"):  # a labelled-only warm-up first: cheaper steps, so more of them
+    if base in ("semi", "semi_smit", "semi_nolcc"):  # a labelled-only warm-up first: cheaper steps, so more of them
         return f"semi{light}_warmup_epochs"
     return ("semi" if base == "semi_nowarmup" else "smitunet") + light + "_epochs"
 

@@ -31,3 +31,10 @@ class SMITSemiSupervisedTrainerNoWarmup(SMITSemiSupervisedTrainer):
 
     supervised_warmup_fraction = 0.0
     deep_supervision = False
+    pseudo_largest_component = False
+
+
+class SMITSemiSupervisedTrainerNoLCC(SMITSemiSupervisedTrainer):
+    """The second version: the labelled-only warm-up, but every pseudo-labelled component kept."""
+
+    pseudo_largest_component = False

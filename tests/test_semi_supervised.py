@@ -9,6 +9,7 @@ import torch
 from smitunet.checkpoint_io import load_checkpoint
 from smitunet.training.cli import main as train_main
 from smitunet.training.semi_supervised import (SMITSemiSupervisedTrainer, copy_paste, cuboid_mask, ema_update,
+                                                largest_component_pseudo_labels,
                                                 rampup, weighted_dice_ce)
 from support.training import fold_dir, make_preprocessed_dataset
 
@@ -210,3 +211,15 @@ def test_the_warmup_is_the_labelled_only_step(dataset, tmp_path, monkeypatch):
         assert torch.equal(value, finals["AllWarmup"][key]), key
     assert not all(torch.equal(v, finals[SEMI][k]) for k, v in finals["SMITTrainer"].items())
     assert not all(torch.equal(v, finals[SEMI][k]) for k, v in finals["NoWarmup"].items())
+
+
+def test_pseudo_labels_keep_the_largest_component_of_each_class():
+    pseudo = torch.zeros(2, 1, 8, 8, 8, dtype=torch.long)
+    pseudo[0, 0, :3, :3, :3] = 1        # 27 voxels: kept
+    pseudo[0, 0, 6:, 6:, 6:] = 1        # 8 voxels, apart: dropped to background
+    pseudo[0, 0, 5, 0, 0] = 2           # the only class-2 component: kept
+    pseudo[1, 0, 4:6, 4:6, 4:6] = 1     # each crop on its own: kept
+    out = largest_component_pseudo_labels(pseudo, [1, 2])
+    expected = pseudo.clone()
+    expected[0, 0, 6:, 6:, 6:] = 0
+    assert out.dtype == pseudo.dtype and torch.equal(out, expected)

@@ -20,7 +20,8 @@ choice; the teacher trails it by about 1 / (1 - momentum) steps).
 As in BCP's first stage, the first ``supervised_warmup_fraction`` of the run is the labelled-only step of
 ``SMITTrainer`` (the teacher follows the student by EMA meanwhile): a teacher that has not learnt anything yet only
 teaches background, and on a short budget the mixing then costs more than the unlabelled crops bring (Left Atrium,
-CPU protocol, 8 labelled: about 10 Dice points below labelled-only without the warm-up). Every output of the
+CPU protocol, 8 labelled: about 10 Dice points below labelled-only without the warm-up). As in BCP, each
+pseudo-label class keeps only its largest connected component in the crop. Every output of the
 deep-supervision pyramid is supervised, as in the labelled-only step.
 """
 
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smitunet.errors import SmitunetError
+from smitunet.postprocessing import keep_largest_component
 from smitunet.training.batches import BatchStream
 from smitunet.training.data import PatchLoader, UnlabelledCases
 from smitunet.training.losses import deep_supervision_weights, downsample_target
@@ -79,6 +81,17 @@ def weighted_dice_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.T
     return ce + (1 - dice.mean())
 
 
+def largest_component_pseudo_labels(pseudo: torch.Tensor, foreground: list[int]) -> torch.Tensor:
+    """BCP's pseudo-label clean-up: per crop and foreground class, only the largest connected component stays;
+    the rest becomes background. A teacher that over-segments (other bright blood pools, in LGE-MRI) would
+    otherwise teach its own mistakes back to the student."""
+    cleaned = pseudo.cpu().numpy().astype(np.int16)
+    for b in range(cleaned.shape[0]):
+        for label in foreground:
+            keep_largest_component(cleaned[b, 0], label)
+    return torch.from_numpy(cleaned).to(pseudo.device, pseudo.dtype)
+
+
 def mixed_target(labels: torch.Tensor, pseudo: torch.Tensor, from_labelled: torch.Tensor,
                  unlabelled_weight: torch.Tensor, ignore_label: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Target and per-voxel weight (B, 1, *spatial) of the mixed crops: labelled voxels against their labels
@@ -116,6 +129,7 @@ class SMITSemiSupervisedTrainer(SMITTrainer):
     mix_fraction = 2 / 3           # cuboid side per axis (BCP)
     unlabelled_weight = 0.5        # BCP's alpha for the pseudo-labelled voxels
     confidence = 0.8               # pseudo-labels where the teacher is less sure carry no loss
+    pseudo_largest_component = True  # BCP: only the largest connected component of each pseudo-label class
     rampup_fraction = 0.4          # of the semi-supervised iterations (after the warm-up)
     supervised_warmup_fraction = 0.5  # labelled-only steps first (BCP's pre-training stage)
     deep_supervision = True        # the mixed-crop loss on every output of the pyramid, not just the finest
@@ -205,6 +219,8 @@ class SMITSemiSupervisedTrainer(SMITTrainer):
         with torch.no_grad(), self.autocast():
             teacher_probs = torch.softmax(self.teacher(unlabelled).float(), 1)
         confident, pseudo = teacher_probs.max(1, keepdim=True)
+        if self.pseudo_largest_component:
+            pseudo = largest_component_pseudo_labels(pseudo, self.plans.foreground_labels)
         rng = np.random.default_rng([self.options.seed, self.iteration, 17])
         mask = cuboid_mask(labelled.shape[2:], self.mix_fraction, rng).to(self.device)
         mixed, from_labelled = copy_paste(labelled, unlabelled, mask)
