@@ -36,7 +36,7 @@ from smitunet.inference.sliding_window import predict_sliding_window
 from smitunet.networks.registry import build_from_config
 from smitunet.plans import Plans
 from smitunet.utils.device import resolve_device
-from smitunet.utils.files import make_dirs, save_npz
+from smitunet.utils.files import make_dirs, remove_stale_temporary, save_npz
 from smitunet.utils.log import logger
 
 
@@ -147,12 +147,13 @@ def select_cases(cases: list[InputCase], output_dir: Path, options: PredictionOp
 
 
 def _remove_stale_temporaries(case: InputCase, output_dir: Path) -> None:
-    """Temp files of a killed run (atomic_path's ``.{name}.*.part*``); only this worker's cases are touched."""
+    """Temp files of a killed run (atomic_path's ``.{name}.*.part*``); only this worker's cases are touched, and
+    never a file another run into the same folder is writing now."""
     out = output_file_for(case, output_dir)
     dicom = [dicom_output_file(output_dir / case.name, kind) for kind in DICOM_OUTPUTS]
     for name in (out.name, probability_file(out).name, *(d.name for d in dicom)):
         for stale in output_dir.glob(f".{name}.*.part*"):
-            stale.unlink(missing_ok=True)
+            remove_stale_temporary(stale)
 
 
 def _finished(case: InputCase, output_dir: Path, need_probabilities: bool, dicom_output: Sequence[str] = ()) -> bool:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import errno
+import fcntl
 import secrets
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,17 +26,38 @@ def make_dirs(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def _create_temporary(path: Path, suffix: str) -> Path:
-    """A new empty file beside ``path``, created with mode 0o666 so the umask applies as for any other program's
-    file (``mkstemp`` would leave 0o600 on every output after the rename)."""
+def _create_temporary(path: Path, suffix: str) -> tuple[Path, int]:
+    """A new empty file beside ``path`` and an open descriptor holding an exclusive lock on it while it is written
+    (so ``remove_stale_temporary`` of another process leaves it alone). Created with mode 0o666 so the umask applies
+    as for any other program's file (``mkstemp`` would leave 0o600 on every output after the rename)."""
     for _ in range(100):
         tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.part{suffix}"
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return tmp
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return tmp, fd
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
+
+
+def remove_stale_temporary(tmp: Path) -> bool:
+    """Delete an ``atomic_path`` temporary left by a killed process; one still being written (its writer holds
+    the lock; the kernel drops the lock of a killed process) is kept. True when it was removed."""
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    try:
+        tmp.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -51,7 +73,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     if suffix is None:
         suffix = "".join(path.suffixes) or ".tmp"
     try:
-        tmp_path = _create_temporary(path, suffix)
+        tmp_path, lock = _create_temporary(path, suffix)
     except OSError as exc:
         raise SmitunetError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
@@ -65,6 +87,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             reason = exc.strerror or f"{exc}: a short write, the disk is full or a file-size limit was reached"
             raise SmitunetError(f"{path}: cannot write ({reason}); the previous file, if any, is unchanged") from None
         raise
+    finally:
+        os.close(lock)
 
 
 def _json_default(obj: Any):
