@@ -87,3 +87,26 @@ def link_images(raw: Path, cases: list[str], target: Path) -> Path:
     for stale in [p for p in target.iterdir() if p.name not in wanted]:
         stale.unlink()
     return target
+
+
+def largest_component_dice(reference: Path, predictions: Path, labels: list[int]) -> dict[str, float] | None:
+    """Per-case Dice (mean over ``labels``) after each label of the prediction keeps only its largest connected
+    component: the post-processing the Left Atrium literature applies before scoring (UA-MT, BCP), fixed in
+    advance rather than chosen on the evaluation cases. None when the predictions are gone (an earlier machine)."""
+    import SimpleITK as sitk
+    import numpy as np
+
+    from smitunet.evaluation.evaluate import match_cases
+    from smitunet.evaluation.metrics import dice
+    from smitunet.postprocessing import keep_largest_component
+
+    if not predictions.is_dir():
+        return None
+    scores = {}
+    for case, ref_file, pred_file in match_cases(reference, predictions, allow_subset=True):
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(ref_file)))
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(pred_file)))
+        for label in labels:
+            keep_largest_component(pred, label)
+        scores[case] = float(np.mean([dice(pred == label, ref == label) for label in labels]))
+    return scores or None

@@ -397,13 +397,14 @@ def finished_on_disk(job: Job, budget: dict) -> bool:
             and len(json.loads(metrics.read_text())) >= epochs)
 
 
-def collect_smitunet(job: Job, seconds: float) -> dict:
+def collect_smitunet(args, job: Job, seconds: float) -> dict:
     summary = json.loads((job.fold_dir / "validation" / "summary.json").read_text())
     metrics = json.loads((job.fold_dir / "metrics.json").read_text())
     curve = [_fg_mean({k: {"d": v} for k, v in r.items() if k.startswith("pseudo_dice_")}, "d") for r in metrics]
     iters = int(job.cmd[job.cmd.index("--iters_per_epoch") + 1])
     return {"dice": summary["foreground_mean"]["dice"], "hd95": summary["foreground_mean"]["hd95"],
             "per_case_dice": {c["case"]: _fg_mean(c["metrics"], "dice") for c in summary["metric_per_case"]},
+            **lcc_scores(args, job.fold_dir / "validation"),
             "curve": curve, "curve_gain": report.curve_gain(curve), "iters_per_epoch": iters,
             "iterations": iters * len(metrics), "train_s": sum(r["epoch_time"] for r in metrics),
             "data_wait": _median([r["data_wait_fraction"] for r in metrics]), "wall_s": seconds,
@@ -421,10 +422,29 @@ def collect_nnunet(args, job: Job, seconds: float) -> dict:
     curve = [float(sum(e["pseudo_dice"]) / len(e["pseudo_dice"])) for e in run["epochs"]]
     return {"dice": summary["foreground_mean"]["dice"], "hd95": summary["foreground_mean"]["hd95"],
             "per_case_dice": {c["case"]: _fg_mean(c["metrics"], "dice") for c in summary["metric_per_case"]},
+            **lcc_scores(args, folder),
             "curve": curve, "curve_gain": report.curve_gain(curve), "iters_per_epoch": args.iters_per_epoch,
             "iterations": sum(e["iters"] for e in run["epochs"]), "train_s": run["train_wall_s"],
             "data_wait": _median([e["data_wait_fraction"] for e in run["epochs"]]), "wall_s": seconds,
             "patch_size": run["patch_size"], "batch_size": run["batch_size"], "model_folder": run["output_folder"]}
+
+
+def lcc_scores(args, predictions: Path) -> dict:
+    """``dice_lcc`` (mean over cases) and ``per_case_dice_lcc``: Dice after largest-component post-processing."""
+    labels = sorted(v for k, v in json.loads((args.work / "raw" / args.name / "dataset.json").read_text())["labels"].items()
+                    if isinstance(v, int) and v > 0 and k != "ignore")
+    per_case = data.largest_component_dice(args.work / "raw" / args.name / "labelsTr", predictions, labels)
+    return {} if per_case is None else {"dice_lcc": float(sum(per_case.values()) / len(per_case)),
+                                        "per_case_dice_lcc": per_case}
+
+
+def backfill_lcc(args, results: dict) -> None:
+    """Runs recorded before the LCC column: scored from their kept predictions where this machine has them."""
+    for key, run in results["runs"].items():
+        if "dice_lcc" in run or not run.get("model_folder"):
+            continue
+        folder = Path(run["model_folder"]) / "validation"
+        run.update(lcc_scores(args, folder))
 
 
 def _fg_mean(metrics: dict, key: str) -> float:
@@ -478,6 +498,9 @@ def main(argv=None) -> None:
     committed = RESULTS_DIR / f"label_efficiency_{args.name}_{args.protocol}.json"
     # A new work folder starts from the committed results: runs of earlier sessions are not repeated.
     results = report.load_results(results_path if results_path.is_file() else committed)
+    if (args.work / "raw" / args.name / "dataset.json").is_file():
+        backfill_lcc(args, results)
+        report.save_results(results, results_path)
     if args.report_only:
         return write_report(args, results)
     raw = stage_raw(args)
@@ -507,7 +530,7 @@ def main(argv=None) -> None:
         if job.name.startswith("pretrain_"):
             return
         row = report.parse_key(job.name)[0]
-        run = collect_nnunet(args, job, seconds) if row == "nnunet" else collect_smitunet(job, seconds)
+        run = collect_nnunet(args, job, seconds) if row == "nnunet" else collect_smitunet(args, job, seconds)
         results["runs"][job.name] = run
         report.save_results(results, results_path)
         print(f"  {job.name}: Dice {100 * run['dice']:.2f}, HD95 {run['hd95'] or float('nan'):.2f} mm", flush=True)

@@ -147,3 +147,39 @@ def test_semi_rows_with_the_warmup_get_the_blended_budget():
 
     assert [le.budget_key(r) for r in ("scratch", "smit_light", "semi", "semi_smit_light", "semi_nowarmup")] == [
         "smitunet_epochs", "smitunet_light_epochs", "semi_warmup_epochs", "semi_light_warmup_epochs", "semi_epochs"]
+
+
+def _write_labels(path: Path, array) -> None:
+    import SimpleITK as sitk
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+
+
+def test_largest_component_dice_drops_the_stray_blob_and_the_report_shows_it(tmp_path):
+    import numpy as np
+
+    ref = np.zeros((8, 8, 8), np.uint8)
+    ref[1:4, 1:4, 1:4] = 1                      # 27 voxels
+    pred = ref.copy()
+    pred[6:8, 6:8, 6:8] = 1                     # a stray 8-voxel blob: Dice 54 / 62 before, 1 after
+    _write_labels(tmp_path / "ref" / "a.nii.gz", ref)
+    _write_labels(tmp_path / "pred" / "a.nii.gz", pred)
+    scores = data.largest_component_dice(tmp_path / "ref", tmp_path / "pred", [1])
+    assert scores == {"a": pytest.approx(1.0)}
+    assert data.largest_component_dice(tmp_path / "ref", tmp_path / "gone", [1]) is None
+    results = {"runs": {report.run_key("scratch", 8, 0): dict(_run(0.70), dice_lcc=0.74),
+                        report.run_key("scratch", 8, 1): _run(0.80)}}
+    assert "| 70.0, 80.0 |  |  | 74.0 ± 0.0 (1 of 2) |" in report.markdown(results, "LE")
+
+
+def test_sparse_labels_keep_evenly_spread_slabs_and_ignore_the_rest():
+    import numpy as np
+
+    import sparse_labels
+
+    labels = np.ones((20, 2, 2), np.uint8)
+    sparse = sparse_labels.sparse_label(labels, ignore=2, keep=0.2, slab=2)
+    kept = [z for z in range(20) if (sparse[z] != 2).all()]
+    assert kept == [0, 1, 10, 11] and (sparse[[z for z in range(20) if z not in kept]] == 2).all()
+    assert (sparse[kept] == 1).all()
