@@ -67,7 +67,6 @@ def build_dataset(args, source: Path, name: str, sparse_cases: list[str], other_
     dj = json.loads((source / "dataset.json").read_text())
     ignore = max(int(v) for v in dj["labels"].values()) + 1
     dj["labels"] = dict(dj["labels"], ignore=ignore)
-    dj["numTraining"] = len(sparse_cases) + len(other_cases)
     dj["description"] = (f"{SOURCE_NAME} with {args.keep:.0%} of the axial slices of {len(sparse_cases)} cases "
                          f"annotated (slabs of {args.slab}), the rest ignore")
     images = raw / "imagesTr"
@@ -89,6 +88,8 @@ def build_dataset(args, source: Path, name: str, sparse_cases: list[str], other_
         out.CopyInformation(image)
         sitk.WriteImage(out, str(target.with_name(target.name + ".tmp" + ending)), useCompression=True)
         os.replace(target.with_name(target.name + ".tmp" + ending), target)
+    # a folder built before for more labelled cases keeps them (the first N of a longer list are the same cases)
+    dj["numTraining"] = len(list((raw / "labelsTr").glob(f"*{ending}")))
     (raw / "dataset.json").write_text(json.dumps(dj, indent=1))
     return raw
 
