@@ -208,9 +208,11 @@ class Predictor:
             if model.previous_stage is not None and self.options.prev_stage_predictions is None:
                 model.previous_model = FoldEnsemble(
                     previous_stage_checkpoints([Path(p) for p in files], model.previous_stage), self.device)
-                if model.previous_model.configuration != model.previous_stage:
-                    raise SmitunetError(f"{files[0]}: its previous stage {model.previous_stage} is a "
-                                        f"{model.previous_model.configuration} model")
+                low = model.previous_model
+                if low.configuration != model.previous_stage or \
+                        low.config_plan != model.plans.configurations.get(model.previous_stage):
+                    raise SmitunetError(f"{files[0]}: its {model.previous_stage} model was trained with other plans "
+                                        f"(or is a {low.configuration} model); retrain one of the two")
         _check_compatible(self.models)
         self.groups = _group_by_preprocessing(self.models)
         self.postprocessing = postprocessing if self.options.apply_postprocessing else None
@@ -279,7 +281,7 @@ class Predictor:
 
         low = model.previous_model
         probabilities = low.predict_probabilities(data.previous_data, self.options)
-        segmentation = resample_to_next_stage(probabilities, data.previous_properties, low.plans, low.configuration,
+        segmentation = resample_to_next_stage(probabilities, data.previous_properties, model.plans, low.configuration,
                                               model.configuration, shape=data.data.shape[1:])
         return append_previous_stage(data.data, segmentation, model.plans.foreground_labels)
 

@@ -303,9 +303,11 @@ class Trainer:
         options = "".join([f" -tr {self.ctx.trainer_name}" if self.ctx.trainer_name != DEFAULT_TRAINER else "",
                            f" -p {self.plans.plans_name}" if self.plans.plans_name != DEFAULT_PLANS_NAME else ""])
         more = f" and {len(missing) - 1} more case(s)" if len(missing) > 1 else ""
+        # a fold trained before its validation wrote them needs only the validation again (--val), not training
+        trained = (folder.parent.parent / f"fold_{fold}" / "checkpoint_final.pt").is_file()
         return (f"{folder}: no {previous} prediction of case {case}{more}; {self.ctx.configuration} trains on the "
                 f"out-of-fold predictions of all five {previous} folds: run smitunet_train {self.plans.dataset_name} "
-                f"{previous} {fold}{options}")
+                f"{previous} {fold}{options}{' --val' if trained else ''}")
 
     def label_map(self):
         """Label value -> network channel for the softmax loss (None: identity). Region losses read the raw values
