@@ -201,9 +201,14 @@ def test_predict_runs_3d_lowres_itself_or_takes_prev_stage_predictions(cascade, 
         monkeypatch.setenv(f"smitunet_{kind}", str(cascade.root / kind))
     images = cascade.root / "raw" / DATASET / "imagesTs"
     source = images / "test_000_0000.nii.gz"
+    # reading ahead in a thread (the CLI's default): the lowres stage still runs on the network's thread
     internal = api.predict(images, tmp_path / "internal", dataset=997, configurations=["3d_cascade_fullres"],
-                           folds=["0"], options=PREDICT)
+                           folds=["0"], options=dataclasses.replace(PREDICT, num_processes=1))
     assert [p.name for p in internal] == ["test_000.nii.gz"] and _same_geometry(internal[0], source)
+    image, geometry = read_image(source)
+    labels = api.predict(image, dataset=997, configurations=["3d_cascade_fullres"], folds=["0"], geometry=geometry,
+                         options=PREDICT)
+    np.testing.assert_array_equal(labels, read_image(internal[0])[0])
     low = api.predict(images, tmp_path / "low", dataset=997, configurations=["3d_lowres"], folds=["0"],
                       options=PREDICT)
     given = api.predict(images, tmp_path / "given", dataset=997, configurations=["3d_cascade_fullres"], folds=["0"],
@@ -213,7 +218,6 @@ def test_predict_runs_3d_lowres_itself_or_takes_prev_stage_predictions(cascade, 
     predictor = Predictor.from_model_folder(cascade.model, ["0"], options=dataclasses.replace(
         PREDICT, prev_stage_predictions=tmp_path / "low"))
     data, _ = predictor.preprocess(find_input_cases(images, 1)[0])
-    image, geometry = read_image(source)
     _, previous, _ = preprocess_case(image[None], geometry, cascade.plans, "3d_cascade_fullres",
                                      seg=read_image(low[0])[0])
     np.testing.assert_array_equal(data[1:], np.stack([previous[0] == 1, previous[0] == 2]).astype(np.float32))
