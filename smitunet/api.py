@@ -98,7 +98,9 @@ def train(dataset: str | int, configuration: str = "3d_fullres", fold: str | int
                                     done.validation_cases, done.output_dir / "validation", trainer_obj.device,
                                     mirror_axes=done.mirror_axes, save_probabilities=done.save_probabilities,
                                     about={"fold": trainer_obj.ctx.fold, "trainer": trainer_obj.ctx.trainer_name,
-                                           "epochs": done.epochs})
+                                           "epochs": done.epochs},
+                                    previous_stage_folder=done.previous_stage_folder,
+                                    next_stage_folder=done.next_stage_folder)
             dice = ", ".join(f"{k}: {v['dice']:.4f}" for k, v in summary["mean"].items())
             done.log(f"fold {trainer_obj.ctx.fold} validation on {len(summary['metric_per_case'])} cases: mean Dice "
                      f"{summary['foreground_mean']['dice']:.4f} ({dice}); written to {done.output_dir / 'validation'}")
@@ -112,16 +114,22 @@ def predict(images: str | Path | np.ndarray, output: str | Path | None = None, *
             configurations: Sequence[str] | None = None, trainers: Sequence[str] | None = None,
             plans: Sequence[str] | None = None, folds: Sequence[str] | None = None, checkpoint: str = "final",
             disable_ensemble: bool = False, options=None, geometry: Geometry | None = None,
-            settings_extra: dict | None = None):
+            settings_extra: dict | None = None, prev_stage_predictions: str | Path | None = None):
     """``smitunet_predict``. ``images`` is a folder (or one file / DICOM series): the label files are written into
     ``output`` (with ``prediction_settings.json``) and their paths returned. Or ``images`` is an array
     (C, z, y, x) or (z, y, x) with its ``geometry``: the labels (z, y, x) are returned and nothing is written.
-    ``options`` is a ``PredictionOptions`` (default: mirroring, auto device)."""
+    ``options`` is a ``PredictionOptions`` (default: mirroring, auto device). A cascade (``3d_cascade_fullres``)
+    runs its 3d_lowres model (same trainer, plans and folds) first, unless ``prev_stage_predictions`` (a folder of
+    its segmentations at the input geometry, nnU-Net's ``-prev_stage_predictions``) is given."""
+    import dataclasses
+
     from smitunet.inference.model_folder import choose_models, postprocessing_for, resolve_folds
     from smitunet.errors import CasesFailedError
     from smitunet.inference.predictor import PredictionOptions, Predictor
 
     options = options or PredictionOptions()
+    if prev_stage_predictions is not None:
+        options = dataclasses.replace(options, prev_stage_predictions=prev_stage_predictions)
     if options.dicom_output:  # checked before the models load: a wrong input costs nothing and writes nothing
         from smitunet.inference.inputs import find_input_cases
         from smitunet.inference.predictor import check_dicom_output

@@ -53,6 +53,11 @@ def label_values_of(labels: dict[str, Any]) -> list[int]:
     return sorted(values)
 
 
+def foreground_labels_of(labels: dict[str, Any]) -> list[int]:
+    """Foreground label values (with regions: every value some region holds), sorted; never the ignore label."""
+    return [v for v in label_values_of(segmentation_labels_of(labels)) if v != 0]
+
+
 def num_outputs_of(labels: dict[str, Any]) -> int:
     """Network output channels: one per region (sigmoid), else one per label but ``ignore`` (softmax)."""
     if has_regions_of(labels):
@@ -86,7 +91,9 @@ class ConfigurationPlan:
     resampling_order_seg: int = 1
     anisotropy_threshold: float = 3.0       # above: resample the low-resolution axis separately (order 0)
     estimated_memory_gb: float | None = None
-    previous_stage: str | None = None       # 3d_lowres -> 3d_fullres cascades are not built yet
+    # A cascade stage (nnU-Net's 3d_cascade_fullres): the configuration whose predictions, one-hot over
+    # ``Plans.foreground_labels``, are appended to the image channels (the network's in_channels count both).
+    previous_stage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +145,7 @@ class Plans:
     @property
     def foreground_labels(self) -> list[int]:
         """Foreground label values (with regions: every value some region holds); oversampling centres on them."""
-        return [v for v in label_values_of(self.segmentation_labels) if v != 0]
+        return foreground_labels_of(self.labels)
 
     @property
     def evaluated_labels(self) -> list[int | tuple[int, ...]]:
@@ -159,6 +166,10 @@ class Plans:
         if self.has_regions:
             return {"background": 0, **dict(zip(self.foreground_regions, self.regions_class_order or []))}
         return dict(self.segmentation_labels)
+
+    def next_stages(self, name: str) -> list[str]:
+        """Configurations that take ``name``'s predictions as input (nnU-Net's ``next_stage_names``)."""
+        return [n for n, c in self.configurations.items() if c.previous_stage == name]
 
     def configuration(self, name: str) -> ConfigurationPlan:
         if name not in self.configurations:
@@ -205,6 +216,8 @@ class Plans:
         ignore = plans.ignore_label
         if ignore is not None and ignore != max(label_values_of(plans.labels)):
             raise SmitunetError(f"{source}: labels: 'ignore' must be the highest label value, got {ignore}")
+        for cname, c in plans.configurations.items():
+            _validate_previous_stage(plans, cname, c, source)
         if plans.has_regions:
             order = plans.regions_class_order
             if not isinstance(order, list) or len(order) != len(plans.foreground_regions):
@@ -237,6 +250,25 @@ def _validate_network(config: ConfigurationPlan, where: str) -> None:
         raise SmitunetError(f"{where}.network: {exc}") from None
     except TypeError as exc:
         raise SmitunetError(f"{where}.network: {exc}") from None
+
+
+def _validate_previous_stage(plans: "Plans", name: str, c: ConfigurationPlan, source: str) -> None:
+    """A cascade names an existing, non-cascaded configuration, and its network reads the image channels plus one
+    one-hot channel per foreground label."""
+    if c.previous_stage is None:
+        return
+    where = f"{source}: configurations.{name}.previous_stage"
+    previous = plans.configurations.get(c.previous_stage)
+    if previous is None:
+        raise SmitunetError(f"{where}: no configuration {c.previous_stage!r} in the plans")
+    if previous.previous_stage is not None or c.previous_stage == name:
+        raise SmitunetError(f"{where}: {c.previous_stage!r} must be a single-stage configuration")
+    expected = plans.num_channels + len(plans.foreground_labels)
+    found = c.network.kwargs.get("in_channels")
+    if found != expected:
+        raise SmitunetError(f"{source}: configurations.{name}.network.kwargs.in_channels must be {expected} "
+                            f"({plans.num_channels} image + {len(plans.foreground_labels)} previous-stage one-hot "
+                            f"channels), got {found!r}")
 
 
 def _validate_configuration(c: ConfigurationPlan, num_channels: int, where: str) -> None:

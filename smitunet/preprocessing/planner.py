@@ -10,6 +10,7 @@ the memory target; the batch then grows while it fits and covers at most 5 % of 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Sequence
 
@@ -17,7 +18,8 @@ import numpy as np
 
 from smitunet.contracts import Fingerprint
 from smitunet.errors import SmitunetError
-from smitunet.plans import DEFAULT_PLANS_NAME, ConfigurationPlan, NetworkConfig, Plans, has_regions_of, num_outputs_of
+from smitunet.plans import (DEFAULT_PLANS_NAME, ConfigurationPlan, NetworkConfig, Plans, foreground_labels_of,
+                            has_regions_of, num_outputs_of)
 from smitunet.preprocessing.normalization import scheme_for_channel
 from smitunet.preprocessing.resampling import ANISOTROPY_THRESHOLD
 
@@ -239,6 +241,16 @@ def _lowres(fullres: ConfigurationPlan, plans_name: str, fingerprint: dict, size
     return None
 
 
+def cascade_configuration(fullres: ConfigurationPlan, num_foreground_labels: int,
+                          previous_stage: str = "3d_lowres") -> ConfigurationPlan:
+    """nnU-Net's 3d_cascade_fullres: 3d_fullres's data (same preprocessed folder), spacing, patch and batch, with
+    the previous stage's segmentation as one extra one-hot input channel per foreground label."""
+    kwargs = dict(fullres.network.kwargs)
+    kwargs["in_channels"] = int(kwargs["in_channels"]) + num_foreground_labels
+    return dataclasses.replace(fullres, previous_stage=previous_stage,
+                               network=NetworkConfig(fullres.network.name, kwargs))
+
+
 def _validated_spacing(spacing: Sequence[float], what: str) -> list[float]:
     values = [float(v) for v in spacing]
     if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
@@ -329,6 +341,8 @@ def plan_experiment(dataset_name: str, dataset_json: dict, fingerprint: dict, *,
         low = _lowres(configs["3d_fullres"], plans_name, fingerprint, sizer, normalization, use_mask)
         if low is not None:
             configs["3d_lowres"] = low
+            configs["3d_cascade_fullres"] = cascade_configuration(configs["3d_fullres"],
+                                                                  len(foreground_labels_of(labels)))
     if pretrained is not None:
         used = configs["3d_fullres"].network.kwargs["num_stages"]
         if used < pretrained.num_stages:

@@ -143,7 +143,12 @@ def run_dataset(identifier: str, options: PlanOptions, pool: CasePool) -> tuple[
             if config not in plans.configurations:
                 logger.warning(f"note: {name}: plans have no configuration {config}; skipped")
                 continue
-            target = out_dir / plans.configurations[config].data_identifier
-            counts[config] = preprocess_dataset({**cases, **unlabelled}, plans, config, target, pool,
+            identifier = plans.configurations[config].data_identifier
+            # 3d_cascade_fullres reads 3d_fullres's folder: preprocessed once, whichever is asked
+            done = next((c for c in counts if plans.configurations[c].data_identifier == identifier), None)
+            if done is not None:
+                counts[config] = counts[done]
+                continue
+            counts[config] = preprocess_dataset({**cases, **unlabelled}, plans, config, out_dir / identifier, pool,
                                                 force=options.clean, cache=cache)
     return plans, counts

@@ -20,6 +20,8 @@ from batchgenerators.transforms.resample_transforms import SimulateLowResolution
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 from batchgenerators.transforms.utility_transforms import NumpyToTensor
 
+from smitunet.training.cascade_transforms import MovePreviousStageToData, PerturbPreviousStage
+
 
 @dataclass
 class AugmentationParams:
@@ -56,7 +58,11 @@ def sampling_patch_size(patch_size: Sequence[int], angles: list[tuple[float, flo
 
 
 def training_transforms(patch_size: Sequence[int], spacing: Sequence[float],
-                        params: AugmentationParams | None = None) -> AbstractTransform:
+                        params: AugmentationParams | None = None,
+                        previous_stage_labels: Sequence[int] | None = None) -> AbstractTransform:
+    """``previous_stage_labels``: a cascade's foreground labels; its previous-stage segmentation (label channel
+    1, augmented spatially with the label) becomes perturbed one-hot input channels, after the intensity
+    transforms (which must not touch it)."""
     params = params or AugmentationParams()
     angles = rotation_angles(spacing, params)
     transforms = [
@@ -78,10 +84,14 @@ def training_transforms(patch_size: Sequence[int], spacing: Sequence[float],
     ]
     if params.mirror_axes:
         transforms.append(MirrorTransform(params.mirror_axes))
+    if previous_stage_labels is not None:
+        transforms += [MovePreviousStageToData(previous_stage_labels), PerturbPreviousStage(len(previous_stage_labels))]
     transforms.append(NumpyToTensor(["data", "seg"], "float"))
     return Compose(transforms)
 
 
-def no_augmentation_transforms() -> AbstractTransform:
-    """Validation batches (and deterministic tests): only the conversion to tensors."""
-    return Compose([NumpyToTensor(["data", "seg"], "float")])
+def no_augmentation_transforms(previous_stage_labels: Sequence[int] | None = None) -> AbstractTransform:
+    """Validation batches (and deterministic tests): only the conversion to tensors (a cascade's previous stage
+    moved into the input first, unperturbed)."""
+    move = [] if previous_stage_labels is None else [MovePreviousStageToData(previous_stage_labels)]
+    return Compose([*move, NumpyToTensor(["data", "seg"], "float")])

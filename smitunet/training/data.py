@@ -20,6 +20,7 @@ import numpy as np
 from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
 
 from smitunet.errors import SmitunetError
+from smitunet.preprocessing.cascade import load_previous_stage, previous_stage_file
 
 
 class PreprocessedCases:
@@ -42,6 +43,10 @@ class PreprocessedCases:
     def seg(self, case: str) -> np.ndarray:
         return np.load(self.folder / f"{case}_seg.npy", mmap_mode="r")
 
+    def previous_stage(self, case: str) -> np.ndarray | None:
+        """A cascade's previous-stage labels (1, z, y, x) of ``case``; None for a single-stage configuration."""
+        return None
+
     def locations(self, case: str) -> dict[int, np.ndarray]:
         if case not in self._locations:
             path = self.folder / f"{case}_locations.npz"
@@ -53,6 +58,27 @@ class PreprocessedCases:
                             found[int(key[len("class_"):])] = np.asarray(z[key])
             self._locations[case] = found
         return self._locations[case]
+
+
+class CascadeCases(PreprocessedCases):
+    """A cascade's cases: each also has the previous stage's segmentation, ``{previous_folder}/{case}.npy`` int16
+    (1, z, y, x) in this configuration's geometry; patches carry it as the label's second channel (so spatial
+    augmentation moves it with the label) until ``MovePreviousStageToData`` turns it into input channels."""
+
+    def __init__(self, folder: str | Path, cases: Sequence[str], previous_folder: str | Path):
+        super().__init__(folder, cases)
+        self.previous_folder = Path(previous_folder)
+        missing = missing_previous_stage(self.previous_folder, self.cases)
+        if missing:
+            raise SmitunetError(f"{previous_stage_file(self.previous_folder, missing[0])}: previous-stage prediction "
+                                f"of case {missing[0]} not found ({len(missing)} case(s) missing)")
+
+    def previous_stage(self, case: str) -> np.ndarray:
+        return load_previous_stage(self.previous_folder, case)
+
+
+def missing_previous_stage(previous_folder: Path, cases: Sequence[str]) -> list[str]:
+    return [c for c in cases if not previous_stage_file(previous_folder, c).is_file()]
 
 
 class UnlabelledCases(PreprocessedCases):
@@ -121,8 +147,11 @@ def sample_patch(cases: PreprocessedCases, rng: np.random.Generator, patch: Sequ
             cls = sorted(locations)[rng.integers(len(locations))]
             centre = locations[cls][rng.integers(len(locations[cls]))]
     lower = _crop_box(data.shape[1:], patch, rng, centre)
-    return (crop_with_padding(data, lower, patch).astype(np.float32, copy=False),
-            crop_with_padding(seg, lower, patch).astype(np.int16, copy=False), case)
+    seg_patch = crop_with_padding(seg, lower, patch).astype(np.int16, copy=False)
+    previous = cases.previous_stage(case)
+    if previous is not None:  # the cascade's input segmentation, cut at the same place (label channel 1)
+        seg_patch = np.concatenate([seg_patch, crop_with_padding(previous, lower, patch).astype(np.int16, copy=False)])
+    return crop_with_padding(data, lower, patch).astype(np.float32, copy=False), seg_patch, case
 
 
 def exit_with_parent(parent_pid: int) -> None:
@@ -184,6 +213,8 @@ class PatchLoader(SlimDataLoaderBase):
             force = j >= self.global_batch_size - self.num_forced
             d, s, case = sample_patch(self.cases, rng, self.patch_size, force)
             datas.append(d)
-            segs.append(s if self.label_map is None else self.label_map[s])
+            if self.label_map is not None:  # the label only: a cascade's channel 1 keeps label values
+                s[:1] = self.label_map[s[:1]]
+            segs.append(s)
             names.append(case)
         return {"data": np.stack(datas), "seg": np.stack(segs), "keys": names, "batch_index": k}
