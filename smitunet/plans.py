@@ -15,7 +15,10 @@ from typing import Any
 from smitunet.errors import SmitunetError
 from smitunet.utils.files import load_json, save_json
 
-PLANS_VERSION = 1
+# 2: a configuration's patch may be 2D (the ``2d`` configuration: network kwarg ``spatial_dims: 2``). Version 1
+# plans (before 2d) hold only 3D configurations and load unchanged.
+PLANS_VERSION = 2
+SUPPORTED_PLANS_VERSIONS = (1, 2)
 DEFAULT_PLANS_NAME = "smitunetPlans"
 IGNORE_LABEL_NAME = "ignore"  # nnU-Net v2's name for the label whose voxels carry no loss and no metric
 
@@ -74,9 +77,9 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class ConfigurationPlan:
-    data_identifier: str                    # folder under the dataset's preprocessed folder
-    spacing: list[float]                    # target spacing, (z, y, x) in mm
-    patch_size: list[int]                   # (z, y, x) voxels
+    data_identifier: str                    # folder under the dataset's preprocessed folder (2d shares 3d_fullres')
+    spacing: list[float]                    # target spacing, (z, y, x) in mm (2d: that of its 3D data)
+    patch_size: list[int]                   # (z, y, x) voxels; 2d: (y, x), a slice
     batch_size: int
     median_image_shape: list[int]           # after resampling to ``spacing``, (z, y, x)
     normalization: list[str]                # per channel: "CT", "ZScore", "NoNorm", "RescaleTo01"
@@ -87,6 +90,11 @@ class ConfigurationPlan:
     anisotropy_threshold: float = 3.0       # above: resample the low-resolution axis separately (order 0)
     estimated_memory_gb: float | None = None
     previous_stage: str | None = None       # 3d_lowres -> 3d_fullres cascades are not built yet
+
+    @property
+    def spatial_dims(self) -> int:
+        """3, or 2 for the ``2d`` configuration (slices of the 3D preprocessed cases)."""
+        return len(self.patch_size)
 
 
 @dataclass(frozen=True)
@@ -178,7 +186,7 @@ class Plans:
             return obj[key]
 
         version = d.get("version")
-        if version != PLANS_VERSION:
+        if version not in SUPPORTED_PLANS_VERSIONS:
             raise SmitunetError(f"{source}: plans version {version!r} is not supported (expected {PLANS_VERSION}); "
                                 "re-run smitunet_plan_and_preprocess")
         configs = {}
@@ -195,6 +203,7 @@ class Plans:
             _validate_configuration(cp, len(need(d, "channel_names", "")), f"{source}: {where[:-1]}")
             _validate_network(cp, f"{source}: {where[:-1]}")
             configs[cname] = cp
+        _validate_shared_data(configs, source)
         fields = {k: v for k, v in d.items() if k != "configurations"}
         try:
             plans = cls(configurations=configs, **fields)
@@ -239,11 +248,38 @@ def _validate_network(config: ConfigurationPlan, where: str) -> None:
         raise SmitunetError(f"{where}.network: {exc}") from None
 
 
+# What makes two configurations' preprocessed arrays equal (so that they may share one data folder).
+_PREPROCESSING_FIELDS = ("spacing", "normalization", "use_mask_for_norm", "resampling_order_data",
+                         "resampling_order_seg", "anisotropy_threshold")
+
+
+def _validate_shared_data(configs: dict[str, ConfigurationPlan], source: str) -> None:
+    """Configurations sharing a ``data_identifier`` (2d and 3d_fullres) must preprocess identically: an edit to one
+    of them alone would otherwise mix two preprocessings in one folder."""
+    first: dict[str, str] = {}
+    for name, c in configs.items():
+        other = first.setdefault(c.data_identifier, name)
+        if other == name:
+            continue
+        differ = [f for f in _PREPROCESSING_FIELDS if getattr(c, f) != getattr(configs[other], f)]
+        if differ:
+            raise SmitunetError(f"{source}: configurations {other} and {name} share data_identifier "
+                                f"{c.data_identifier!r} but differ in {', '.join(differ)}; give one its own "
+                                "data_identifier")
+
+
 def _validate_configuration(c: ConfigurationPlan, num_channels: int, where: str) -> None:
     for name in ("spacing", "patch_size", "median_image_shape"):
         value = getattr(c, name)
-        if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in value)):
-            raise SmitunetError(f"{where}.{name} must be three positive numbers, got {value!r}")
+        sizes = (2, 3) if name == "patch_size" else (3,)  # a 2d patch is a slice, (y, x)
+        if not (isinstance(value, list) and len(value) in sizes
+                and all(isinstance(v, (int, float)) and v > 0 for v in value)):
+            what = "two or three" if name == "patch_size" else "three"
+            raise SmitunetError(f"{where}.{name} must be {what} positive numbers, got {value!r}")
+    dims = c.network.kwargs.get("spatial_dims", 3)
+    if dims != c.spatial_dims:
+        raise SmitunetError(f"{where}.patch_size {c.patch_size} is {c.spatial_dims}D but the network's spatial_dims is "
+                            f"{dims}")
     if not isinstance(c.batch_size, int) or c.batch_size < 1:
         raise SmitunetError(f"{where}.batch_size must be a positive integer, got {c.batch_size!r}")
     if len(c.normalization) != num_channels or len(c.use_mask_for_norm) != num_channels:

@@ -37,7 +37,7 @@ def relative_position_index(window: tuple[int, ...], table_window: tuple[int, ..
     coords = torch.stack(torch.meshgrid(*axes, indexing="ij")).flatten(1)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
     rel = rel + torch.tensor([t - 1 for t in table_window], device="cpu")
-    index = torch.zeros(rel.shape[:2], dtype=rel.dtype)
+    index = torch.zeros(rel.shape[:2], dtype=rel.dtype, device="cpu")
     for axis, t in enumerate(table_window):  # row-major over the table's (2t-1)-sized offset axes
         index = index * (2 * t - 1) + rel[..., axis]
     return index
