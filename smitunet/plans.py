@@ -172,7 +172,30 @@ class Plans:
         if name not in self.configurations:
             raise SmitunetError(f"plans {self.plans_name}: no configuration {name!r}; "
                                 f"available: {', '.join(self.configurations)}")
+        conflict = self.shared_data_conflict(name)
+        if conflict:
+            raise SmitunetError(f"plans {self.plans_name}: {conflict}")
         return self.configurations[name]
+
+    def data_owner(self, name: str) -> str:
+        """The configuration whose preprocessed folder ``name`` reads: the one the folder is named after (2d reads
+        3d_fullres'), else the first configuration with that data_identifier."""
+        identifier = self.configurations[name].data_identifier
+        sharing = [n for n, c in self.configurations.items() if c.data_identifier == identifier]
+        return next((n for n in sharing if identifier == f"{self.plans_name}_{n}"), sharing[0])
+
+    def shared_data_conflict(self, name: str) -> str | None:
+        """Why ``name`` cannot read the folder it shares (its preprocessing differs from the owner's, e.g. after
+        a hand edit of one of them), or None. Only the borrowing configuration is unusable, not the owner."""
+        owner = self.data_owner(name)
+        if owner == name:
+            return None
+        mine, theirs = self.configurations[name], self.configurations[owner]
+        differ = [f for f in _PREPROCESSING_FIELDS if getattr(mine, f) != getattr(theirs, f)]
+        if not differ:
+            return None
+        return (f"{name} reads the preprocessed cases of {owner} ({mine.data_identifier}) but differs from it in "
+                f"{', '.join(differ)}; make them equal, or give {name} its own data_identifier")
 
     # -- (de)serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -203,7 +226,6 @@ class Plans:
             _validate_configuration(cp, len(need(d, "channel_names", "")), f"{source}: {where[:-1]}")
             _validate_network(cp, f"{source}: {where[:-1]}")
             configs[cname] = cp
-        _validate_shared_data(configs, source)
         fields = {k: v for k, v in d.items() if k != "configurations"}
         try:
             plans = cls(configurations=configs, **fields)
@@ -248,24 +270,10 @@ def _validate_network(config: ConfigurationPlan, where: str) -> None:
         raise SmitunetError(f"{where}.network: {exc}") from None
 
 
-# What makes two configurations' preprocessed arrays equal (so that they may share one data folder).
+# What makes two configurations' preprocessed arrays equal, so that they may share one data folder (2d reads
+# 3d_fullres'); a configuration that differs from its folder's owner is refused when used (Plans.configuration).
 _PREPROCESSING_FIELDS = ("spacing", "normalization", "use_mask_for_norm", "resampling_order_data",
                          "resampling_order_seg", "anisotropy_threshold")
-
-
-def _validate_shared_data(configs: dict[str, ConfigurationPlan], source: str) -> None:
-    """Configurations sharing a ``data_identifier`` (2d and 3d_fullres) must preprocess identically: an edit to one
-    of them alone would otherwise mix two preprocessings in one folder."""
-    first: dict[str, str] = {}
-    for name, c in configs.items():
-        other = first.setdefault(c.data_identifier, name)
-        if other == name:
-            continue
-        differ = [f for f in _PREPROCESSING_FIELDS if getattr(c, f) != getattr(configs[other], f)]
-        if differ:
-            raise SmitunetError(f"{source}: configurations {other} and {name} share data_identifier "
-                                f"{c.data_identifier!r} but differ in {', '.join(differ)}; give one its own "
-                                "data_identifier")
 
 
 def _validate_configuration(c: ConfigurationPlan, num_channels: int, where: str) -> None:

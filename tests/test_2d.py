@@ -66,15 +66,19 @@ def test_anisotropic_dataset_gets_its_2d_patch_from_the_in_plane_median():
     assert np.prod(tight.patch_size) < np.prod(flat.patch_size) and tight.batch_size >= 2
 
 
-def test_plans_without_2d_still_load_and_shared_folders_must_preprocess_alike(tmp_path):
+def test_plans_without_2d_still_load_and_a_shared_folder_is_read_only_when_preprocessing_matches():
     old = make_plans([1.0, 1.0, 1.0]).to_dict()
     old["version"] = 1  # written before the 2d configuration existed
     assert list(Plans.from_dict(old).configurations) == ["3d_fullres"]
     plans = _plan(fingerprint((36, 50, 35), (1.0, 1.0, 1.0))).to_dict()
-    plans["configurations"]["2d"]["spacing"] = [2.0, 1.0, 1.0]  # an edit to one of the two only
-    with pytest.raises(SmitunetError, match="share data_identifier .* differ in spacing") as exc:
-        Plans.from_dict(plans, "plans.json")
+    plans["configurations"]["3d_fullres"]["spacing"] = [2.0, 2.0, 2.0]  # a hand edit of one of the two only
+    edited = Plans.from_dict(plans, "plans.json")
+    assert edited.configuration("3d_fullres").spacing == [2.0, 2.0, 2.0]  # the folder's owner stays usable
+    with pytest.raises(SmitunetError, match="2d reads the preprocessed cases of 3d_fullres .* differs from it in "
+                                            "spacing") as exc:
+        edited.configuration("2d")  # 2d would train on data of another spacing than it predicts with
     assert "\n" not in str(exc.value)
+    plans["configurations"]["3d_fullres"]["spacing"] = [1.0, 1.0, 1.0]
     plans["configurations"]["2d"]["spacing"] = [1.0, 1.0, 1.0]
     plans["configurations"]["2d"]["patch_size"] = [16, 16, 16]
     with pytest.raises(SmitunetError, match="2d.patch_size .* is 3D but the network's spatial_dims is 2"):

@@ -146,6 +146,9 @@ def run_dataset(identifier: str, options: PlanOptions, pool: CasePool) -> tuple[
             if config not in plans.configurations:
                 logger.warning(f"note: {name}: plans have no configuration {config}; skipped")
                 continue
+            if conflict := plans.shared_data_conflict(config):  # e.g. 3d_fullres' spacing edited by hand, not 2d's
+                logger.warning(f"note: {name}: {conflict}; {config} skipped")
+                continue
             identifier = plans.configurations[config].data_identifier
             if identifier in done:  # 2d shares 3d_fullres' cases (Plans validates that they preprocess alike)
                 counts[config] = {"preprocessed": 0, "skipped": 0, "shared_with": done[identifier]}
