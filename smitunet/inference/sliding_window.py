@@ -132,7 +132,8 @@ def predict_sliding_window(model: nn.Module, data: torch.Tensor | np.ndarray, pa
     """Predict logits ``(num_classes, z, y, x)`` float32 for one case ``data`` ``(C, z, y, x)``.
 
     ``mirror_axes`` are spatial axes (0=z, 1=y, 2=x) for test-time mirroring (all 2^n flips averaged);
-    None or () disables it. A 2D ``patch_size`` (y, x) predicts slice by slice (z is then never mirrored). ``output_device`` (default: ``device``) holds the accumulators.
+    None or () disables it. A 2D ``patch_size`` (y, x) predicts slice by slice (z is then never mirrored).
+    ``output_device`` (default: ``device``) holds the accumulators.
     ``autocast_dtype`` (torch.float16 / torch.bfloat16) applies on CUDA only. When ``stats`` is a dict,
     it receives ``tiles``, ``forward_passes`` and ``forward_seconds`` (pure network time, synchronised).
     """

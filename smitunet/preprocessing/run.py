@@ -150,7 +150,7 @@ def run_dataset(identifier: str, options: PlanOptions, pool: CasePool) -> tuple[
                 logger.warning(f"note: {name}: {conflict}; {config} skipped")
                 continue
             identifier = plans.configurations[config].data_identifier
-            if identifier in done:  # 2d shares 3d_fullres' cases (Plans validates that they preprocess alike)
+            if identifier in done:  # 2d reads 3d_fullres' cases (equal preprocessing: no conflict above)
                 counts[config] = {"preprocessed": 0, "skipped": 0, "shared_with": done[identifier]}
                 continue
             done[identifier] = config
