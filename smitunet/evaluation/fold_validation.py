@@ -19,7 +19,7 @@ from smitunet.evaluation.metrics import case_metrics, foreground_mean, mean_metr
 from smitunet.contracts import CaseProperties
 from smitunet.imageio import read_image
 from smitunet.inference.export import activate, export_case, resample_to_next_stage
-from smitunet.inference.sliding_window import predict_sliding_window
+from smitunet.inference.sliding_window import predict_sliding_window, tile_batch_default
 from smitunet.plans import Plans
 from smitunet.preprocessing.cascade import append_previous_stage, load_previous_stage, previous_stage_file
 from smitunet.preprocessing.preprocessor import restore_original_geometry
@@ -46,8 +46,10 @@ def predict_case(network, plans: Plans, configuration: str, data_folder: Path, c
         previous = load_previous_stage(previous_stage_folder, case)
         data = append_previous_stage(data, previous[0], plans.foreground_labels)
     properties = CaseProperties.load(data_folder / f"{case}.json").to_dict()
-    logits = predict_sliding_window(network, torch.from_numpy(data), plans.configuration(configuration).patch_size,
-                                    plans.num_classes, step_size=0.5, mirror_axes=mirror_axes, device=device,
+    config = plans.configuration(configuration)
+    logits = predict_sliding_window(network, torch.from_numpy(data), config.patch_size, plans.num_classes,
+                                    step_size=0.5, mirror_axes=mirror_axes, device=device,
+                                    tile_batch_size=tile_batch_default(config, device),
                                     output_device="cpu", progress=False,
                                     autocast_dtype=torch.float16 if device.type == "cuda" else None)
     logits = logits.float()

@@ -32,7 +32,7 @@ from smitunet.imageio import Geometry, write_image
 from smitunet.inference.export import (activate, export_case, probabilities_to_labels,
                                       probabilities_to_segmentation, probability_file)
 from smitunet.inference.inputs import InputCase, find_input_cases
-from smitunet.inference.sliding_window import predict_sliding_window
+from smitunet.inference.sliding_window import predict_sliding_window, tile_batch_default
 from smitunet.networks.registry import build_from_config
 from smitunet.plans import Plans
 from smitunet.utils.device import resolve_device
@@ -108,7 +108,7 @@ class FoldEnsemble:
     def predict_probabilities(self, data: np.ndarray, options: PredictionOptions) -> np.ndarray:
         """Mean probabilities (softmax, or sigmoid per region) over folds, float32 (K, z, y, x), in the
         preprocessed space."""
-        tile_batch = options.tile_batch_size or (4 if self.device.type == "cuda" else 1)
+        tile_batch = options.tile_batch_size or tile_batch_default(self.config_plan, self.device)
         output_device = self._output_device(data.shape[1:])
         tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
         mean = None

@@ -1,5 +1,8 @@
 """Patch sampling from the preprocessed folder, with foreground oversampling.
 
+A 2D patch (the ``2d`` configuration) is one (y, x) slice of a preprocessed 3D case: a (1, y, x) box whose z axis
+is dropped, so foreground oversampling picks the slice of a foreground voxel exactly as it centres a 3D patch.
+
 Every batch is a pure function of ``(seed, batch_index)``: sample ``j`` of global batch ``k`` draws its case
 and position from ``default_rng([seed, k, j])`` and the augmentation's global numpy RNG is reseeded per
 batch. So the data stream does not depend on the number of background workers, a resumed run continues it
@@ -138,6 +141,10 @@ def label_index_map(label_values: Sequence[int]) -> np.ndarray | None:
 
 def sample_patch(cases: PreprocessedCases, rng: np.random.Generator, patch: Sequence[int],
                  force_foreground: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(C, *patch)`` data and ``(1, *patch)`` labels; a 2D ``patch`` is cut from one slice."""
+    if len(patch) == 2:
+        data, seg, case = sample_patch(cases, rng, [1, *patch], force_foreground)
+        return data[:, 0], seg[:, 0], case
     case = cases.cases[rng.integers(len(cases.cases))]
     data, seg = cases.data(case), cases.seg(case)
     centre = None

@@ -81,7 +81,8 @@ class Trainer:
     grad_clip_norm = 12.0
     oversample_foreground = 1 / 3
     ema_momentum = 0.9                    # EMA of the pseudo-Dice that selects checkpoint_best
-    validation_mirror_axes: tuple[int, ...] | None = (0, 1, 2)  # test-time mirroring in fold validation
+    # test-time mirroring in fold validation and prediction, (z, y, x) numbering (2d mirrors y and x)
+    validation_mirror_axes: tuple[int, ...] | None = (0, 1, 2)
 
     def __init__(self, ctx: TrainingContext):
         self.ctx = ctx
@@ -250,7 +251,8 @@ class Trainer:
         params = self.augmentation_params()
         if params is None:
             return list(self.config.patch_size)
-        return sampling_patch_size(self.config.patch_size, rotation_angles(self.config.spacing, params),
+        return sampling_patch_size(self.config.patch_size,
+                                   rotation_angles(self.config.spacing, params, self.config.patch_size),
                                    params.scale_range)
 
     def training_transforms(self):
@@ -392,7 +394,7 @@ class ConvUNetTrainer(Trainer):
         own = self.config.network.kwargs
         kwargs = dict(get_preset("conv_unet"))
         # Same input, output, patch and strides as the plans' network, so the patch stays divisible.
-        shared = ("in_channels", "num_classes", "patch_size", "num_stages", "strides", "norm")
+        shared = ("in_channels", "num_classes", "patch_size", "num_stages", "strides", "norm", "spatial_dims")
         kwargs.update({key: own[key] for key in shared if key in own})
         kwargs.setdefault("in_channels", self.plans.num_channels)
         kwargs.setdefault("num_classes", self.plans.num_classes)
