@@ -21,6 +21,7 @@ from smitunet.imageio import read_image
 from smitunet.inference.export import activate, export_case
 from smitunet.inference.sliding_window import predict_sliding_window
 from smitunet.plans import Plans
+from smitunet.preprocessing.case_arrays import data_file, load_case_array, seg_file
 from smitunet.preprocessing.preprocessor import restore_original_geometry
 from smitunet.utils.files import json_safe, make_dirs, save_json
 
@@ -40,7 +41,7 @@ def predict_case(network, plans: Plans, configuration: str, data_folder: Path, c
                  mirror_axes) -> tuple[np.ndarray, dict]:
     """Probabilities (K, z, y, x; softmax, or sigmoid per region) in the preprocessed space, and the case's
     properties."""
-    data = np.load(data_folder / f"{case}.npy")
+    data = load_case_array(data_file(data_folder, case))
     properties = CaseProperties.load(data_folder / f"{case}.json").to_dict()
     logits = predict_sliding_window(network, torch.from_numpy(data), plans.configuration(configuration).patch_size,
                                     plans.num_classes, step_size=0.5, mirror_axes=mirror_axes, device=device,
@@ -55,7 +56,7 @@ def reference_labels(plans: Plans, configuration: str, data_folder: Path, case: 
                      raw_labels: dict[str, Path]) -> np.ndarray:
     if case in raw_labels:
         return read_image(raw_labels[case])[0]
-    seg = np.load(data_folder / f"{case}_seg.npy")[0]
+    seg = load_case_array(seg_file(data_folder, case))[0]
     return restore_original_geometry(seg, properties, plans, configuration, is_seg=True)
 
 

@@ -237,7 +237,7 @@ class Predictor:
             return
         labels, total = self._ensemble_labels(results)
         if self.options.save_probabilities:
-            save_npz(probability_file(output_file), probabilities=total)
+            save_npz(probability_file(output_file), compressed=True, probabilities=total)
         geometry = Geometry.from_dict(results[0][1]["geometry"])
         if (write_dicom := self._dicom_writer(case, output_file)) is not None:
             write_dicom(labels, geometry)  # before the label file: a case is finished once that exists
