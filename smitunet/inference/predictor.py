@@ -169,12 +169,26 @@ class Predictor:
                  postprocessing: dict | None = None, more_models: Sequence[Sequence[Path]] = ()):
         self.options = options or PredictionOptions()
         self.device = resolve_device(self.options.device)
-        self.models = [FoldEnsemble([Path(p) for p in files], self.device)
-                       for files in (checkpoint_files, *more_models)]
+        self._use_models([FoldEnsemble([Path(p) for p in files], self.device)
+                          for files in (checkpoint_files, *more_models)], postprocessing)
+
+    def _use_models(self, models: list, postprocessing: dict | None) -> None:
+        self.models = models
         self.model = self.models[0]
         _check_compatible(self.models)
         self.groups = _group_by_preprocessing(self.models)
         self.postprocessing = postprocessing if self.options.apply_postprocessing else None
+
+    @classmethod
+    def from_models(cls, models: Sequence, options: PredictionOptions | None = None,
+                    postprocessing: dict | None = None) -> "Predictor":
+        """Models already loaded that stand for ``FoldEnsemble`` (``plans``, ``configuration``, ``device``,
+        ``predict_probabilities``): the exported folders of ``onnx_backend.ExportedModel``."""
+        predictor = cls.__new__(cls)
+        predictor.options = options or PredictionOptions()
+        predictor.device = models[0].device
+        predictor._use_models(list(models), postprocessing)
+        return predictor
 
     @classmethod
     def from_model_folder(cls, model_dir: Path, folds: Sequence[str], checkpoint_name: str = "final",
