@@ -272,7 +272,27 @@ def pretraining_done(args, method: str) -> bool:
     return log.is_file() and len(json.loads(log.read_text())) >= args.pretrain_epochs
 
 
+def committed_pretraining(args, method: str) -> Path:
+    """Where a finished pretraining of this dataset, protocol and method is kept in the repository."""
+    return RESULTS_DIR / "pretrained" / f"{args.name}_{args.protocol}_{method}.pt"
+
+
+def adopt_committed_pretraining(args, method: str) -> bool:
+    """A new work folder takes the committed pretraining (and its loss log) instead of pretraining again: on the
+    CPU protocol it costs about an hour, and every earlier row was fine-tuned from it."""
+    kept = committed_pretraining(args, method)
+    log = kept.with_name(kept.stem + "_log.json")
+    if pretraining_done(args, method) or not (kept.is_file() and log.is_file()):
+        return False
+    args.work.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(kept, args.work / f"smit_{method}.pt")
+    shutil.copyfile(log, args.work / f"smit_{method}_log.json")
+    return True
+
+
 def pretrain_job(args, method: str, images: Path) -> Job | None:
+    if adopt_committed_pretraining(args, method):
+        print(f"pretraining {method}: the committed {committed_pretraining(args, method).name}", flush=True)
     if pretraining_done(args, method):
         return None
     cmd = pretrain_command(args, method, images)

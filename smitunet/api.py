@@ -100,7 +100,9 @@ def train(dataset: str | int, configuration: str = "3d_fullres", fold: str | int
                                     done.validation_cases, done.output_dir / "validation", trainer_obj.device,
                                     mirror_axes=done.mirror_axes, save_probabilities=done.save_probabilities,
                                     about={"fold": trainer_obj.ctx.fold, "trainer": trainer_obj.ctx.trainer_name,
-                                           "epochs": done.epochs})
+                                           "epochs": done.epochs},
+                                    previous_stage_folder=done.previous_stage_folder,
+                                    next_stage_folder=done.next_stage_folder)
             dice = ", ".join(f"{k}: {v['dice']:.4f}" for k, v in summary["mean"].items())
             done.log(f"fold {trainer_obj.ctx.fold} validation on {len(summary['metric_per_case'])} cases: mean Dice "
                      f"{summary['foreground_mean']['dice']:.4f} ({dice}); written to {done.output_dir / 'validation'}")
@@ -114,16 +116,20 @@ def predict(images: str | Path | np.ndarray, output: str | Path | None = None, *
             configurations: Sequence[str] | None = None, trainers: Sequence[str] | None = None,
             plans: Sequence[str] | None = None, folds: Sequence[str] | None = None, checkpoint: str = "final",
             disable_ensemble: bool = False, options=None, geometry: Geometry | None = None,
-            settings_extra: dict | None = None, model_folders: Sequence[str | Path] | None = None,
-            backend: str | None = None):
+            settings_extra: dict | None = None, prev_stage_predictions: str | Path | None = None,
+            model_folders: Sequence[str | Path] | None = None, backend: str | None = None):
     """``smitunet_predict``. ``images`` is a folder (or one file / DICOM series): the label files are written into
     ``output`` (with ``prediction_settings.json``) and their paths returned. Or ``images`` is an array
     (C, z, y, x) or (z, y, x) with its ``geometry``: the labels (z, y, x) are returned and nothing is written.
-    ``options`` is a ``PredictionOptions`` (default: mirroring, auto device).
+    ``options`` is a ``PredictionOptions`` (default: mirroring, auto device). A cascade (``3d_cascade_fullres``)
+    runs its 3d_lowres model (same trainer, plans and folds) first, unless ``prev_stage_predictions`` (a folder of
+    its segmentations at the input geometry, nnU-Net's ``-prev_stage_predictions``) is given.
 
     ``model_folders``: folders written by ``export`` (one model each; several are ensembled), run by ``backend``
     ("onnxruntime" or "torchscript", default: what the folder was exported as) instead of the trained checkpoints;
     ``folds`` then selects among the exported folds."""
+    import dataclasses
+
     from smitunet.inference.model_folder import choose_models, postprocessing_for, resolve_folds
     from smitunet.errors import CasesFailedError
     from smitunet.inference.predictor import PredictionOptions, Predictor
@@ -132,7 +138,10 @@ def predict(images: str | Path | np.ndarray, output: str | Path | None = None, *
     if model_folders or backend not in (None, "torch"):
         return _predict_exported(images, output, model_folders, backend, folds, options, geometry, settings_extra,
                                  named=dict(dataset=dataset, configurations=configurations, trainers=trainers,
-                                            plans=plans))
+                                            plans=plans, prev_stage_predictions=prev_stage_predictions
+                                            or options.prev_stage_predictions))
+    if prev_stage_predictions is not None:
+        options = dataclasses.replace(options, prev_stage_predictions=prev_stage_predictions)
     if options.dicom_output:  # checked before the models load: a wrong input costs nothing and writes nothing
         from smitunet.inference.inputs import find_input_cases
         from smitunet.inference.predictor import check_dicom_output
@@ -176,7 +185,8 @@ def _predict_exported(images, output, model_folders, backend, folds, options, ge
     if backend == "torch":
         raise SmitunetError("an exported model folder (-m) runs with --backend onnxruntime or torchscript, not torch")
     given = [f"-{flag}" for flag, key in (("d", "dataset"), ("c", "configurations"), ("tr", "trainers"),
-                                          ("p", "plans")) if named[key]]
+                                          ("p", "plans"), ("prev_stage_predictions", "prev_stage_predictions"))
+             if named[key]]
     if given:
         raise SmitunetError(f"-m takes the model from the exported folder; {', '.join(given)} cannot be combined "
                             "with it")

@@ -89,6 +89,26 @@ def training_output_dir(dataset_name: str, trainer: str, plans_name: str, config
     return results_dir() / dataset_name / f"{trainer}__{plans_name}__{configuration}"
 
 
+# Cascades (nnU-Net): a model folder's fold validations write the segmentations its next stage trains on into
+# ``TRAINER__PLANS__CONFIG/predicted_next_stage/{next configuration}/{case}.npy``.
+PREDICTED_NEXT_STAGE = "predicted_next_stage"
+
+
+def sibling_model_dir(model_dir: Path, configuration: str) -> Path:
+    """The folder of the same trainer and plans for another configuration (``TRAINER__PLANS__CONFIG``)."""
+    trainer, plans_name, _ = Path(model_dir).name.split("__")
+    return Path(model_dir).parent / f"{trainer}__{plans_name}__{configuration}"
+
+
+def next_stage_dir(model_dir: Path, next_configuration: str) -> Path:
+    return Path(model_dir) / PREDICTED_NEXT_STAGE / next_configuration
+
+
+def previous_stage_dir(model_dir: Path, previous_configuration: str) -> Path:
+    """Where a cascade model folder finds its previous stage's predictions of the training cases."""
+    return next_stage_dir(sibling_model_dir(model_dir, previous_configuration), Path(model_dir).name.split("__")[2])
+
+
 # The results layout beyond single models (read by prediction, written by find_best_configuration).
 ENSEMBLES_FOLDER = "ensembles"
 INFERENCE_INFORMATION_FILE = "inference_information.json"

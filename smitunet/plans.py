@@ -15,7 +15,10 @@ from typing import Any
 from smitunet.errors import SmitunetError
 from smitunet.utils.files import load_json, save_json
 
-PLANS_VERSION = 1
+# 2: a configuration's patch may be 2D (the ``2d`` configuration: network kwarg ``spatial_dims: 2``). Version 1
+# plans (before 2d) hold only 3D configurations and load unchanged.
+PLANS_VERSION = 2
+SUPPORTED_PLANS_VERSIONS = (1, 2)
 DEFAULT_PLANS_NAME = "smitunetPlans"
 IGNORE_LABEL_NAME = "ignore"  # nnU-Net v2's name for the label whose voxels carry no loss and no metric
 
@@ -53,6 +56,11 @@ def label_values_of(labels: dict[str, Any]) -> list[int]:
     return sorted(values)
 
 
+def foreground_labels_of(labels: dict[str, Any]) -> list[int]:
+    """Foreground label values (with regions: every value some region holds), sorted; never the ignore label."""
+    return [v for v in label_values_of(segmentation_labels_of(labels)) if v != 0]
+
+
 def num_outputs_of(labels: dict[str, Any]) -> int:
     """Network output channels: one per region (sigmoid), else one per label but ``ignore`` (softmax)."""
     if has_regions_of(labels):
@@ -74,9 +82,9 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class ConfigurationPlan:
-    data_identifier: str                    # folder under the dataset's preprocessed folder
-    spacing: list[float]                    # target spacing, (z, y, x) in mm
-    patch_size: list[int]                   # (z, y, x) voxels
+    data_identifier: str                    # folder under the dataset's preprocessed folder (2d shares 3d_fullres')
+    spacing: list[float]                    # target spacing, (z, y, x) in mm (2d: that of its 3D data)
+    patch_size: list[int]                   # (z, y, x) voxels; 2d: (y, x), a slice
     batch_size: int
     median_image_shape: list[int]           # after resampling to ``spacing``, (z, y, x)
     normalization: list[str]                # per channel: "CT", "ZScore", "NoNorm", "RescaleTo01"
@@ -86,7 +94,14 @@ class ConfigurationPlan:
     resampling_order_seg: int = 1
     anisotropy_threshold: float = 3.0       # above: resample the low-resolution axis separately (order 0)
     estimated_memory_gb: float | None = None
-    previous_stage: str | None = None       # 3d_lowres -> 3d_fullres cascades are not built yet
+    # A cascade stage (nnU-Net's 3d_cascade_fullres): the configuration whose predictions, one-hot over
+    # ``Plans.foreground_labels``, are appended to the image channels (the network's in_channels count both).
+    previous_stage: str | None = None
+
+    @property
+    def spatial_dims(self) -> int:
+        """3, or 2 for the ``2d`` configuration (slices of the 3D preprocessed cases)."""
+        return len(self.patch_size)
 
 
 @dataclass(frozen=True)
@@ -138,7 +153,7 @@ class Plans:
     @property
     def foreground_labels(self) -> list[int]:
         """Foreground label values (with regions: every value some region holds); oversampling centres on them."""
-        return [v for v in label_values_of(self.segmentation_labels) if v != 0]
+        return foreground_labels_of(self.labels)
 
     @property
     def evaluated_labels(self) -> list[int | tuple[int, ...]]:
@@ -160,11 +175,38 @@ class Plans:
             return {"background": 0, **dict(zip(self.foreground_regions, self.regions_class_order or []))}
         return dict(self.segmentation_labels)
 
+    def next_stages(self, name: str) -> list[str]:
+        """Configurations that take ``name``'s predictions as input (nnU-Net's ``next_stage_names``)."""
+        return [n for n, c in self.configurations.items() if c.previous_stage == name]
+
     def configuration(self, name: str) -> ConfigurationPlan:
         if name not in self.configurations:
             raise SmitunetError(f"plans {self.plans_name}: no configuration {name!r}; "
                                 f"available: {', '.join(self.configurations)}")
+        conflict = self.shared_data_conflict(name)
+        if conflict:
+            raise SmitunetError(f"plans {self.plans_name}: {conflict}")
         return self.configurations[name]
+
+    def data_owner(self, name: str) -> str:
+        """The configuration whose preprocessed folder ``name`` reads: the one the folder is named after (2d reads
+        3d_fullres'), else the first configuration with that data_identifier."""
+        identifier = self.configurations[name].data_identifier
+        sharing = [n for n, c in self.configurations.items() if c.data_identifier == identifier]
+        return next((n for n in sharing if identifier == f"{self.plans_name}_{n}"), sharing[0])
+
+    def shared_data_conflict(self, name: str) -> str | None:
+        """Why ``name`` cannot read the folder it shares (its preprocessing differs from the owner's, e.g. after
+        a hand edit of one of them), or None. Only the borrowing configuration is unusable, not the owner."""
+        owner = self.data_owner(name)
+        if owner == name:
+            return None
+        mine, theirs = self.configurations[name], self.configurations[owner]
+        differ = [f for f in _PREPROCESSING_FIELDS if getattr(mine, f) != getattr(theirs, f)]
+        if not differ:
+            return None
+        return (f"{name} reads the preprocessed cases of {owner} ({mine.data_identifier}) but differs from it in "
+                f"{', '.join(differ)}; make them equal, or give {name} its own data_identifier")
 
     # -- (de)serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -178,7 +220,7 @@ class Plans:
             return obj[key]
 
         version = d.get("version")
-        if version != PLANS_VERSION:
+        if version not in SUPPORTED_PLANS_VERSIONS:
             raise SmitunetError(f"{source}: plans version {version!r} is not supported (expected {PLANS_VERSION}); "
                                 "re-run smitunet_plan_and_preprocess")
         configs = {}
@@ -205,6 +247,8 @@ class Plans:
         ignore = plans.ignore_label
         if ignore is not None and ignore != max(label_values_of(plans.labels)):
             raise SmitunetError(f"{source}: labels: 'ignore' must be the highest label value, got {ignore}")
+        for cname, c in plans.configurations.items():
+            _validate_previous_stage(plans, cname, c, source)
         if plans.has_regions:
             order = plans.regions_class_order
             if not isinstance(order, list) or len(order) != len(plans.foreground_regions):
@@ -239,11 +283,43 @@ def _validate_network(config: ConfigurationPlan, where: str) -> None:
         raise SmitunetError(f"{where}.network: {exc}") from None
 
 
+def _validate_previous_stage(plans: "Plans", name: str, c: ConfigurationPlan, source: str) -> None:
+    """A cascade names an existing, non-cascaded configuration, and its network reads the image channels plus one
+    one-hot channel per foreground label."""
+    if c.previous_stage is None:
+        return
+    where = f"{source}: configurations.{name}.previous_stage"
+    previous = plans.configurations.get(c.previous_stage)
+    if previous is None:
+        raise SmitunetError(f"{where}: no configuration {c.previous_stage!r} in the plans")
+    if previous.previous_stage is not None or c.previous_stage == name:
+        raise SmitunetError(f"{where}: {c.previous_stage!r} must be a single-stage configuration")
+    expected = plans.num_channels + len(plans.foreground_labels)
+    found = c.network.kwargs.get("in_channels")
+    if found != expected:
+        raise SmitunetError(f"{source}: configurations.{name}.network.kwargs.in_channels must be {expected} "
+                            f"({plans.num_channels} image + {len(plans.foreground_labels)} previous-stage one-hot "
+                            f"channels), got {found!r}")
+
+
+# What makes two configurations' preprocessed arrays equal, so that they may share one data folder (2d reads
+# 3d_fullres'); a configuration that differs from its folder's owner is refused when used (Plans.configuration).
+_PREPROCESSING_FIELDS = ("spacing", "normalization", "use_mask_for_norm", "resampling_order_data",
+                         "resampling_order_seg", "anisotropy_threshold")
+
+
 def _validate_configuration(c: ConfigurationPlan, num_channels: int, where: str) -> None:
     for name in ("spacing", "patch_size", "median_image_shape"):
         value = getattr(c, name)
-        if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in value)):
-            raise SmitunetError(f"{where}.{name} must be three positive numbers, got {value!r}")
+        sizes = (2, 3) if name == "patch_size" else (3,)  # a 2d patch is a slice, (y, x)
+        if not (isinstance(value, list) and len(value) in sizes
+                and all(isinstance(v, (int, float)) and v > 0 for v in value)):
+            what = "two or three" if name == "patch_size" else "three"
+            raise SmitunetError(f"{where}.{name} must be {what} positive numbers, got {value!r}")
+    dims = c.network.kwargs.get("spatial_dims", 3)
+    if dims != c.spatial_dims:
+        raise SmitunetError(f"{where}.patch_size {c.patch_size} is {c.spatial_dims}D but the network's spatial_dims is "
+                            f"{dims}")
     if not isinstance(c.batch_size, int) or c.batch_size < 1:
         raise SmitunetError(f"{where}.batch_size must be a positive integer, got {c.batch_size!r}")
     if len(c.normalization) != num_channels or len(c.use_mask_for_norm) != num_channels:

@@ -52,7 +52,7 @@ def test_patch_reads_are_lazy_and_equal_to_the_array(tmp_path):
 
 @pytest.mark.parametrize("shape,patch,itemsize", [
     ((1, 20, 24, 22), (20, 24, 22), 4), ((1, 300, 400, 400), (128, 128, 128), 4),
-    ((2, 8, 512, 512), (1, 512, 512), 2), ((1, 5, 6, 7), (40, 56, 40), 4)])
+    ((2, 8, 512, 512), (1, 512, 512), 2), ((1, 5, 6, 7), (40, 56, 40), 4), ((1, 30, 64, 48), (64, 48), 4)])
 def test_layout_fits_the_budgets(shape, patch, itemsize):
     chunks, blocks = chunk_and_block_shape(shape, patch, itemsize)
     assert chunks[0] == blocks[0] == 1

@@ -42,7 +42,7 @@ def test_ct_example_recipe_gives_a_sensible_ct_plan(tmp_path, smitunet_dirs, cap
     out = smitunet_dirs["preprocessed"] / "Dataset501_CTExample"
     plans = Plans.load(out / "smitunetPlans.json")
     c = plans.configuration("3d_fullres")
-    assert plans.num_classes == 42 and list(plans.configurations) == ["3d_fullres"]
+    assert plans.num_classes == 42 and list(plans.configurations) == ["3d_fullres", "2d"]  # 2d: every dataset
     assert c.spacing == [3.0, 3.0, 3.0] and c.normalization == ["CT"] and c.use_mask_for_norm == [False]
     assert c.patch_size == [32, 112, 128] and c.batch_size == 2  # the whole 30x101x122 scan in one patch
     stats = plans.foreground_intensity_properties["0"]

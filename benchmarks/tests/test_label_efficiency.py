@@ -133,6 +133,25 @@ def test_harness_arguments_take_the_protocol_and_dataset_id(tmp_path):
     assert isinstance(args, Namespace)
 
 
+def test_a_new_work_folder_adopts_the_committed_pretraining(tmp_path, monkeypatch):
+    import label_efficiency as le
+
+    source = tmp_path / "Dataset010_LeftAtrium"
+    source.mkdir()
+    (source / "dataset.json").write_text("{}")
+    args = le.parse_args(["--source", str(source), "--work", str(tmp_path / "w")])
+    monkeypatch.setattr(le, "RESULTS_DIR", tmp_path / "results")
+    assert le.pretrain_job(args, "smit", tmp_path / "images") is not None  # nothing committed: pretrain
+    kept = le.committed_pretraining(args, "smit")
+    assert kept == tmp_path / "results" / "pretrained" / "Dataset010_LeftAtrium_cpu_smit.pt"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"weights")
+    kept.with_name(kept.stem + "_log.json").write_text(json.dumps([{"epoch": e} for e in range(args.pretrain_epochs)]))
+    assert le.pretrain_job(args, "smit", tmp_path / "images") is None
+    assert (args.work / "smit_smit.pt").read_bytes() == b"weights"
+    assert le.pretrain_job(args, "gmim", tmp_path / "images") is not None  # another method is not adopted
+
+
 def test_light_rows_compare_with_scratch_of_the_same_decoder():
     results = {"runs": {report.run_key("scratch", 8, 0): _run(0.70), report.run_key("scratch_light", 8, 0): _run(0.60),
                         report.run_key("smit_light", 8, 0): _run(0.66)}}

@@ -18,12 +18,13 @@ from tqdm import tqdm
 from smitunet.evaluation.metrics import case_metrics, foreground_mean, mean_metrics
 from smitunet.contracts import CaseProperties
 from smitunet.imageio import read_image
-from smitunet.inference.export import activate, export_case
-from smitunet.inference.sliding_window import predict_sliding_window
+from smitunet.inference.export import activate, export_case, resample_to_next_stage
+from smitunet.inference.sliding_window import predict_sliding_window, tile_batch_default
 from smitunet.plans import Plans
 from smitunet.preprocessing.case_arrays import data_file, load_case_array, seg_file
+from smitunet.preprocessing.cascade import append_previous_stage, load_previous_stage, previous_stage_file
 from smitunet.preprocessing.preprocessor import restore_original_geometry
-from smitunet.utils.files import json_safe, make_dirs, save_json
+from smitunet.utils.files import json_safe, make_dirs, save_json, save_npy
 
 
 def raw_label_files(dataset_name: str) -> dict[str, Path]:
@@ -38,13 +39,18 @@ def raw_label_files(dataset_name: str) -> dict[str, Path]:
 
 
 def predict_case(network, plans: Plans, configuration: str, data_folder: Path, case: str, device: torch.device,
-                 mirror_axes) -> tuple[np.ndarray, dict]:
+                 mirror_axes, previous_stage_folder: Path | None = None) -> tuple[np.ndarray, dict]:
     """Probabilities (K, z, y, x; softmax, or sigmoid per region) in the preprocessed space, and the case's
-    properties."""
+    properties. A cascade reads the previous stage's segmentation of the case from ``previous_stage_folder``."""
     data = load_case_array(data_file(data_folder, case))
+    if plans.configuration(configuration).previous_stage is not None:
+        previous = load_previous_stage(previous_stage_folder, case)
+        data = append_previous_stage(data, previous[0], plans.foreground_labels)
     properties = CaseProperties.load(data_folder / f"{case}.json").to_dict()
-    logits = predict_sliding_window(network, torch.from_numpy(data), plans.configuration(configuration).patch_size,
-                                    plans.num_classes, step_size=0.5, mirror_axes=mirror_axes, device=device,
+    config = plans.configuration(configuration)
+    logits = predict_sliding_window(network, torch.from_numpy(data), config.patch_size, plans.num_classes,
+                                    step_size=0.5, mirror_axes=mirror_axes, device=device,
+                                    tile_batch_size=tile_batch_default(config, device),
                                     output_device="cpu", progress=False,
                                     autocast_dtype=torch.float16 if device.type == "cuda" else None)
     logits = logits.float()
@@ -62,10 +68,15 @@ def reference_labels(plans: Plans, configuration: str, data_folder: Path, case: 
 
 def validate_fold(network, plans: Plans, configuration: str, data_folder: Path, cases: list[str], folder: Path,
                   device: torch.device, mirror_axes=(0, 1, 2), save_probabilities: bool = False,
-                  about: dict | None = None) -> dict:
+                  about: dict | None = None, previous_stage_folder: Path | None = None,
+                  next_stage_folder: Path | None = None) -> dict:
     """Predict every case, write the predictions and ``summary.json`` into ``folder``; returns the summary.
 
-    ``about`` (fold, trainer, epochs, ...) is copied into the summary.
+    ``about`` (fold, trainer, epochs, ...) is copied into the summary. ``previous_stage_folder``: a cascade's
+    input segmentations. ``next_stage_folder`` (``predicted_next_stage``): each case's segmentation is also
+    written, in the preprocessed geometry of every configuration that cascades from this one, to
+    ``{next_stage_folder}/{next configuration}/{case}.npy`` (int16 (1, z, y, x)), as nnU-Net does: after the
+    five folds every training case has an out-of-fold one to train the cascade on.
     """
     folder = Path(folder)
     make_dirs(folder)
@@ -75,7 +86,11 @@ def validate_fold(network, plans: Plans, configuration: str, data_folder: Path, 
     labels = plans.evaluated_labels  # foreground labels, or regions (scored as the union of their values)
     per_case = []
     for case in tqdm(cases, desc="fold validation", disable=None):
-        probabilities, properties = predict_case(network, plans, configuration, data_folder, case, device, mirror_axes)
+        probabilities, properties = predict_case(network, plans, configuration, data_folder, case, device, mirror_axes,
+                                                 previous_stage_folder)
+        for next_configuration in plans.next_stages(configuration) if next_stage_folder is not None else ():
+            segmentation = resample_to_next_stage(probabilities, properties, plans, configuration, next_configuration)
+            save_npy(segmentation[None], previous_stage_file(Path(next_stage_folder) / next_configuration, case))
         output = folder / f"{case}{plans.file_ending}"
         # The prediction stage's export: same label mapping and geometry restoration as smitunet_predict.
         export_case(probabilities, properties, plans, configuration, output, postprocessing=None,

@@ -5,6 +5,9 @@ with one value is shared by all models) and the models' probabilities are averag
 -d and several trained models, the choice of smitunet_find_best_configuration (inference_information.json) is
 used, an ensemble included (``--disable_ensemble``: its best single model).
 
+Cascade (``-c 3d_cascade_fullres``): the 3d_lowres model of the same trainer, plans and folds runs first, or
+``-prev_stage_predictions DIR`` gives its segmentations (as nnU-Net).
+
 Exported models (smitunet_export): ``-m DIR`` predicts with the folder's ONNX or TorchScript networks instead of the
 checkpoints (``--backend onnxruntime|torchscript``, default: what the folder holds), with the same sliding window,
 mirroring and fold averaging.
@@ -41,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folds to ensemble (default: all trained), the same for every model")
     p.add_argument("--disable_ensemble", action="store_true",
                    help="with -d alone: use find_best_configuration's best single model, not its ensemble")
+    p.add_argument("-prev_stage_predictions", "--prev_stage_predictions", default=None, metavar="DIR",
+                   help="a cascade (3d_cascade_fullres): the previous stage's segmentations of the inputs, "
+                        "{case}{ending} at the input geometry (e.g. smitunet_predict -c 3d_lowres output); default: "
+                        "the 3d_lowres model of the same trainer, plans and folds runs first")
     p.add_argument("-chk", "--checkpoint", choices=("final", "best"), default="final")
     p.add_argument("--step_size", type=float, default=0.5, help="tile step as a fraction of the patch (0.5)")
     p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (8x faster)")
@@ -72,7 +79,8 @@ def options_from_args(args) -> PredictionOptions:
                              continue_prediction=args.continue_prediction, num_parts=args.num_parts,
                              part_id=args.part_id, num_processes=args.num_processes,
                              apply_postprocessing=not args.disable_postprocessing, strict=args.strict,
-                             dicom_output=tuple(dict.fromkeys(args.dicom_output)))
+                             dicom_output=tuple(dict.fromkeys(args.dicom_output)),
+                             prev_stage_predictions=args.prev_stage_predictions)
 
 
 @cli_entry

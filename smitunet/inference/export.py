@@ -94,6 +94,21 @@ def probabilities_to_labels(probabilities: np.ndarray, properties: dict, plans: 
     return labels, (restored if keep_probabilities else None)
 
 
+def resample_to_next_stage(probabilities: np.ndarray, properties: dict, plans: Plans, configuration: str,
+                           next_configuration: str, shape=None) -> np.ndarray:
+    """int16 (z, y, x) labels of a previous stage's probabilities (K, z, y, x) in ``next_configuration``'s
+    preprocessed geometry (``shape``, else computed from the properties): resampled linearly, then labelled
+    (as nnU-Net resamples a 3d_lowres prediction for its cascade). Both stages crop the same box."""
+    from smitunet.preprocessing.cascade import preprocessed_shape
+    from smitunet.preprocessing.resampling import resample_probabilities, separate_axis
+
+    current, target = plans.configuration(configuration), plans.configuration(next_configuration)
+    shape = list(shape) if shape is not None else preprocessed_shape(properties, target.spacing)
+    axis = separate_axis(current.spacing, target.spacing, target.anisotropy_threshold)
+    resampled = resample_probabilities(np.asarray(probabilities, dtype=np.float32), shape, axis)
+    return probabilities_to_segmentation(resampled, plans).astype(np.int16)
+
+
 def export_case(probabilities: np.ndarray, properties: dict, plans: Plans, configuration: str,
                 output_file: Path, postprocessing: dict | None, save_probabilities: bool,
                 before_labels: Callable[[np.ndarray, Geometry], None] | None = None) -> None:

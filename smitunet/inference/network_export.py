@@ -81,7 +81,11 @@ def _load_folds(model: TrainedModel, folds: Sequence[str], checkpoint_name: str)
             network.deep_supervision = False
         loaded.append(_Fold(str(fold), network, path))
     plans = Plans.from_dict(reference.plans, source=f"{loaded[0].path} (plans)")
-    patch = plans.configuration(reference.configuration).patch_size
+    config = plans.configuration(reference.configuration)
+    patch = config.patch_size
+    if config.previous_stage is not None:
+        raise SmitunetError(f"{model.identifier}: {reference.configuration} is a cascade stage (its input includes the "
+                            f"{config.previous_stage} segmentation); only single-stage configurations can be exported")
     if len(patch) != 3:
         raise SmitunetError(f"{model.identifier}: configuration {reference.configuration} has a "
                             f"{len(patch)}D patch {list(patch)}; only 3D configurations can be exported")

@@ -213,6 +213,7 @@ class ExportedModel:
         self.plans = Plans.from_dict(load_json(self.folder / "plans.json"), source=str(self.folder / "plans.json"))
         self.configuration = manifest["configuration"]
         self.config_plan = self.plans.configuration(self.configuration)
+        self.previous_stage = None  # cascades are not exported (network_export refuses them)
         self.mirror_axes = tuple(manifest["mirror_axes"] or ())
         self.patch_size = [int(p) for p in manifest["patch_size"]]
         if self.plans.num_classes != manifest["num_classes"]:

@@ -32,7 +32,7 @@ from smitunet.imageio import Geometry, write_image
 from smitunet.inference.export import (activate, export_case, probabilities_to_labels,
                                       probabilities_to_segmentation, probability_file)
 from smitunet.inference.inputs import InputCase, find_input_cases
-from smitunet.inference.sliding_window import predict_sliding_window
+from smitunet.inference.sliding_window import predict_sliding_window, tile_batch_default
 from smitunet.networks.registry import build_from_config
 from smitunet.plans import Plans
 from smitunet.utils.device import resolve_device
@@ -55,6 +55,9 @@ class PredictionOptions:
     apply_postprocessing: bool = True
     dicom_output: tuple[str, ...] = ()   # "rtstruct" and/or "seg" beside the label file; DICOM series input only
     strict: bool = False                 # check every input first; one bad case stops the run before any output
+    # A cascade's previous-stage segmentations at the input geometry, {case}{ending} (nnU-Net's
+    # -prev_stage_predictions); None: the previous stage's model (same trainer, plans and folds) runs here.
+    prev_stage_predictions: str | Path | None = None
     progress: bool | None = None         # None: when stderr is a terminal
     stats: dict = field(default_factory=dict)  # filled with tiles / forward_seconds / seconds per case
 
@@ -89,6 +92,8 @@ class FoldEnsemble:
                                     "folds of one model must share them")
             self.state_dicts.append(ckpt.state_dict)
         self.config_plan = self.plans.configuration(self.configuration)
+        self.previous_stage = self.config_plan.previous_stage  # a cascade: its input includes that stage's labels
+        self.previous_model: FoldEnsemble | None = None       # set by the Predictor when it runs that stage itself
         kwargs = dict(self.network_config["kwargs"])
         kwargs["deep_supervision"] = False
         self.network = build_from_config(self.network_config["name"], kwargs,
@@ -103,7 +108,7 @@ class FoldEnsemble:
     def predict_probabilities(self, data: np.ndarray, options: PredictionOptions) -> np.ndarray:
         """Mean probabilities (softmax, or sigmoid per region) over folds, float32 (K, z, y, x), in the
         preprocessed space."""
-        tile_batch = options.tile_batch_size or (4 if self.device.type == "cuda" else 1)
+        tile_batch = options.tile_batch_size or tile_batch_default(self.config_plan, self.device)
         output_device = self._output_device(data.shape[1:])
         tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
         mean = None
@@ -127,6 +132,33 @@ class FoldEnsemble:
         needed = 2 * self.num_classes * int(np.prod(spatial)) * 4
         free, _ = torch.cuda.mem_get_info(self.device)
         return self.device if needed < 0.5 * free else torch.device("cpu")
+
+
+@dataclass
+class CascadeInput:
+    """A cascade's preprocessed case whose previous stage is still to run (on the network's thread): the
+    cascade's own data and the previous stage's."""
+
+    data: np.ndarray
+    previous_data: np.ndarray
+    previous_properties: dict
+
+
+def previous_stage_checkpoints(checkpoint_files: Sequence[Path], previous_stage: str) -> list[Path]:
+    """The previous stage's checkpoints of the same folds, trainer and plans:
+    ``TRAINER__PLANS__3d_cascade_fullres/fold_F/checkpoint_X.pt`` -> ``TRAINER__PLANS__3d_lowres/fold_F/...``."""
+    from smitunet.paths import sibling_model_dir
+
+    files = [sibling_model_dir(p.parent.parent, previous_stage) / p.parent.name / p.name for p in checkpoint_files]
+    for own, path in zip(checkpoint_files, files):
+        if not path.is_file():
+            trainer, plans_name, configuration = own.parent.parent.name.split("__")
+            fold = own.parent.name[len("fold_"):]
+            raise SmitunetError(f"{path}: missing; {configuration} runs the {previous_stage} model of fold {fold} "
+                                f"first: train it (smitunet_train {own.parent.parent.parent.name} {previous_stage} "
+                                f"{fold} -tr {trainer} -p {plans_name}) or give its predictions with "
+                                "-prev_stage_predictions DIR")
+    return files
 
 
 def output_file_for(case: InputCase, output_dir: Path) -> Path:
@@ -169,8 +201,17 @@ class Predictor:
                  postprocessing: dict | None = None, more_models: Sequence[Sequence[Path]] = ()):
         self.options = options or PredictionOptions()
         self.device = resolve_device(self.options.device)
-        self._use_models([FoldEnsemble([Path(p) for p in files], self.device)
-                          for files in (checkpoint_files, *more_models)], postprocessing)
+        models = [FoldEnsemble([Path(p) for p in files], self.device) for files in (checkpoint_files, *more_models)]
+        for model, files in zip(models, (checkpoint_files, *more_models)):
+            if model.previous_stage is not None and self.options.prev_stage_predictions is None:
+                model.previous_model = FoldEnsemble(
+                    previous_stage_checkpoints([Path(p) for p in files], model.previous_stage), self.device)
+                low = model.previous_model
+                if low.configuration != model.previous_stage or \
+                        low.config_plan != model.plans.configurations.get(model.previous_stage):
+                    raise SmitunetError(f"{files[0]}: its {model.previous_stage} model was trained with other plans "
+                                        f"(or is a {low.configuration} model); retrain one of the two")
+        self._use_models(models, postprocessing)
 
     def _use_models(self, models: list, postprocessing: dict | None) -> None:
         self.models = models
@@ -204,16 +245,64 @@ class Predictor:
         return cls(files[0], options, postprocessing, more_models=files[1:])
 
     def preprocess(self, case: InputCase, model: "FoldEnsemble | None" = None):
-        from smitunet.preprocessing.preprocessor import preprocess_case
-
         model = model or self.model
         data, geometry = read_checked_volume(case.name, list(case.channels))
-        data, _, properties = preprocess_case(data, geometry, model.plans, model.configuration)
-        return data, properties
+        return self._preprocess_array(data, geometry, model, case.name, case.output_ending)
+
+    def _preprocess_array(self, data: np.ndarray, geometry: Geometry, model: FoldEnsemble, name: str = "",
+                          ending: str = ""):
+        """(preprocessed data, properties); a cascade's data has the previous stage's one-hot channels appended,
+        or is a ``CascadeInput`` when that stage is still to run."""
+        from smitunet.preprocessing.cascade import append_previous_stage
+        from smitunet.preprocessing.preprocessor import preprocess_case
+
+        if model.previous_stage is None:
+            prepared, _, properties = preprocess_case(data, geometry, model.plans, model.configuration)
+            return prepared, properties
+        if model.previous_model is None:  # given at the input geometry: preprocessed like a label map
+            previous = self._given_previous_stage(name, ending, geometry)
+            prepared, previous, properties = preprocess_case(data, geometry, model.plans, model.configuration,
+                                                             seg=previous)
+            return append_previous_stage(prepared, previous[0], model.plans.foreground_labels), properties
+        prepared, _, properties = preprocess_case(data, geometry, model.plans, model.configuration)
+        low = model.previous_model
+        previous_data, _, previous_properties = preprocess_case(data, geometry, low.plans, low.configuration)
+        return CascadeInput(prepared, previous_data, previous_properties), properties
+
+    def previous_stage_file(self, name: str, ending: str) -> Path:
+        return Path(self.options.prev_stage_predictions) / f"{name}{ending or self.model.plans.file_ending}"
+
+    def _given_previous_stage(self, name: str, ending: str, geometry: Geometry) -> np.ndarray:
+        from smitunet.imageio import read_image
+
+        path = self.previous_stage_file(name, ending)
+        if not path.is_file():
+            raise BadInputError(name, [f"{path}: previous-stage segmentation of case {name} not found "
+                                       "(-prev_stage_predictions)"])
+        segmentation, own = read_image(path)
+        if own.shape_zyx != geometry.shape_zyx:
+            raise BadInputError(name, [f"{path}: previous-stage segmentation of shape {own.shape_zyx} does not match "
+                                       f"the image of case {name} {geometry.shape_zyx}"])
+        return segmentation
+
+    def _complete(self, data, model: FoldEnsemble) -> np.ndarray:
+        """Run the previous stage of a ``CascadeInput`` and append its segmentation, resampled to the cascade's
+        preprocessed geometry exactly as the fold validation writes it for training."""
+        if not isinstance(data, CascadeInput):
+            return data
+        from smitunet.inference.export import resample_to_next_stage
+        from smitunet.preprocessing.cascade import append_previous_stage
+
+        low = model.previous_model
+        probabilities = low.predict_probabilities(data.previous_data, self.options)
+        segmentation = resample_to_next_stage(probabilities, data.previous_properties, model.plans, low.configuration,
+                                              model.configuration, shape=data.data.shape[1:])
+        return append_previous_stage(data.data, segmentation, model.plans.foreground_labels)
 
     def predict_case(self, data: np.ndarray, group: int = 0) -> np.ndarray:
         """Mean probabilities of the models of one preprocessing group (all models when they share it)."""
         models = self.groups[group]
+        data = self._complete(data, models[0])
         mean = models[0].predict_probabilities(data, self.options)
         for model in models[1:]:
             mean += model.predict_probabilities(data, self.options)
@@ -273,8 +362,6 @@ class Predictor:
 
     def predict_array(self, data: np.ndarray, geometry: Geometry) -> np.ndarray:
         """Labels (z, y, x) of one image given as an array (C, z, y, x) with its geometry: no files involved."""
-        from smitunet.preprocessing.preprocessor import preprocess_case
-
         data = np.asarray(data, dtype=np.float32)
         if data.ndim == 3:
             data = data[None]
@@ -285,9 +372,12 @@ class Predictor:
             raise SmitunetError("image contains NaN or Inf voxels")
         if min(data.shape[1:]) < 2:
             raise SmitunetError(f"image of shape {data.shape} is a single slice; a 3D model needs a volume")
+        if self.options.prev_stage_predictions is not None and any(m.previous_stage for m in self.models):
+            raise SmitunetError("-prev_stage_predictions applies to folders of cases; an array's previous stage runs "
+                                "here")
         results = []
         for g, group in enumerate(self.groups):
-            prepared, _, properties = preprocess_case(data, geometry, group[0].plans, group[0].configuration)
+            prepared, properties = self._preprocess_array(data, geometry, group[0])
             results.append((self.predict_case(prepared, g), properties))
         if len(results) > 1:
             return self._ensemble_labels(results)[0]
@@ -307,6 +397,7 @@ class Predictor:
         todo, skipped = select_cases(cases, output_dir, self.options)
         if skipped:
             logger.warning(f"continuing: {skipped} case(s) already predicted, {len(todo)} to go")
+        self._check_previous_stage_files(todo)
         if self.options.strict:
             self._check_all(todo)
         make_dirs(output_dir)
@@ -321,6 +412,21 @@ class Predictor:
                 f"{', '.join(sorted(self.failed))} ({len(written)} case(s) predicted into {output_dir})",
                 self.failed, written)
         return written
+
+    def _check_previous_stage_files(self, todo: list[InputCase]) -> None:
+        """-prev_stage_predictions: a segmentation for every case, checked before anything is written."""
+        if self.options.prev_stage_predictions is None or not any(m.previous_stage for m in self.models):
+            return
+        folder = Path(self.options.prev_stage_predictions)
+        if not folder.is_dir():
+            raise SmitunetError(f"-prev_stage_predictions {folder}: not a folder")
+        missing = [c for c in todo if not self.previous_stage_file(c.name, c.output_ending).is_file()]
+        if missing:
+            first = missing[0]
+            more = f" ({len(missing)} of {len(todo)} cases have none)" if len(missing) > 1 else ""
+            raise SmitunetError(f"{self.previous_stage_file(first.name, first.output_ending)}: no previous-stage "
+                                f"segmentation of case {first.name}{more}; predict them with smitunet_predict -c "
+                                f"{self.model.previous_stage} into that folder, or leave out -prev_stage_predictions")
 
     def _check_all(self, todo: list[InputCase]) -> None:
         """--strict: read and check every input (a second read per case, the price of writing nothing)."""
@@ -417,6 +523,9 @@ def _group_by_preprocessing(models: list[FoldEnsemble]) -> list[list[FoldEnsembl
     """Models whose plans and configuration are equal see identical preprocessed data: one group each."""
     groups: list[list[FoldEnsemble]] = []
     for m in models:
+        if m.previous_stage is not None:  # its input depends on its own previous-stage model
+            groups.append([m])
+            continue
         for group in groups:
             if group[0].configuration == m.configuration and group[0].plans.to_dict() == m.plans.to_dict():
                 group.append(m)

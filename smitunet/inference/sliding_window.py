@@ -3,6 +3,9 @@
 Used for fold validation by the trainer and for prediction. Memory: the only full-volume arrays are the
 float32 logit accumulator ``(K, z, y, x)`` and one float32 weight map ``(z, y, x)``, both on the output
 device; tiles are computed on ``device`` and added in place.
+
+A 2D network (the ``2d`` configuration, a 2D ``patch_size``) predicts the volume slice by slice: its tiles are
+(1, y, x) boxes handed to the network without the z axis, so the result has the volume's shape as in 3D.
 """
 
 from __future__ import annotations
@@ -77,6 +80,18 @@ def _mirror_combinations(mirror_axes: Sequence[int] | None) -> list[tuple[int, .
     return [c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
 
 
+class _SliceWise(nn.Module):
+    """A 2D network seen as a 3D one on (B, C, 1, y, x) tiles (a submodule, so eval/train reach the network)."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor):
+        out = self.network(x[:, :, 0])
+        return [o.unsqueeze(2) for o in out] if isinstance(out, (list, tuple)) else out.unsqueeze(2)
+
+
 def _forward(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     out = model(batch)
     if isinstance(out, (list, tuple)):  # deep supervision left on: full resolution comes first
@@ -98,6 +113,14 @@ def _predict_batch(model, batch, combos, autocast_dtype):
     return total / len(combos)
 
 
+def tile_batch_default(config, device: torch.device | str) -> int:
+    """Tiles per forward pass for a configuration plan: 2d slices in batches of its training batch (training
+    needed more memory, with gradients); 3D tiles 4 at a time on a GPU, 1 on the CPU."""
+    if len(config.patch_size) == 2:
+        return int(config.batch_size)
+    return 4 if torch.device(device).type == "cuda" else 1
+
+
 @torch.no_grad()  # not inference_mode: callers update the returned tensor in place
 def predict_sliding_window(model: nn.Module, data: torch.Tensor | np.ndarray, patch_size: Sequence[int],
                            num_classes: int, step_size: float = 0.5,
@@ -109,13 +132,18 @@ def predict_sliding_window(model: nn.Module, data: torch.Tensor | np.ndarray, pa
     """Predict logits ``(num_classes, z, y, x)`` float32 for one case ``data`` ``(C, z, y, x)``.
 
     ``mirror_axes`` are spatial axes (0=z, 1=y, 2=x) for test-time mirroring (all 2^n flips averaged);
-    None or () disables it. ``output_device`` (default: ``device``) holds the accumulators.
+    None or () disables it. A 2D ``patch_size`` (y, x) predicts slice by slice (z is then never mirrored).
+    ``output_device`` (default: ``device``) holds the accumulators.
     ``autocast_dtype`` (torch.float16 / torch.bfloat16) applies on CUDA only. When ``stats`` is a dict,
     it receives ``tiles``, ``forward_passes`` and ``forward_seconds`` (pure network time, synchronised).
     """
     device = torch.device(device)
     output_device = torch.device(output_device) if output_device is not None else device
     patch_size = tuple(int(p) for p in patch_size)
+    if len(patch_size) == 2:
+        patch_size = (1, *patch_size)
+        mirror_axes = tuple(a for a in mirror_axes or () if a != 0)  # flipping a single slice along z is a no-op
+        model = _SliceWise(model)
     data = torch.as_tensor(data)
     if data.ndim != 4:
         raise ValueError(f"expected data (C, z, y, x), got shape {tuple(data.shape)}")

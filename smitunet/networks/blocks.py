@@ -1,4 +1,5 @@
-"""Convolutional blocks shared by the Swin U-Net decoder and the plain convolutional U-Net."""
+"""Convolutional blocks shared by the Swin U-Net decoder and the plain convolutional U-Net (3D, or 2D with
+``dims=2`` for the ``2d`` configuration)."""
 
 from __future__ import annotations
 
@@ -8,35 +9,47 @@ import torch
 from torch import nn
 
 NORMS = ("instance", "batch")
+SPATIAL_DIMS = (2, 3)
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_TRANSPOSE = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_NORM = {("instance", 2): nn.InstanceNorm2d, ("instance", 3): nn.InstanceNorm3d,
+         ("batch", 2): nn.BatchNorm2d, ("batch", 3): nn.BatchNorm3d}
 
 
-def norm_layer(kind: str, channels: int) -> nn.Module:
-    if kind == "instance":
-        return nn.InstanceNorm3d(channels, affine=True)
-    if kind == "batch":
-        return nn.BatchNorm3d(channels)
-    raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
+def conv(dims: int) -> type[nn.Module]:
+    return _CONV[dims]
+
+
+def conv_transpose(dims: int) -> type[nn.Module]:
+    return _CONV_TRANSPOSE[dims]
+
+
+def norm_layer(kind: str, channels: int, dims: int = 3) -> nn.Module:
+    if kind not in NORMS:
+        raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
+    layer = _NORM[(kind, dims)]
+    return layer(channels, affine=True) if kind == "instance" else layer(channels)
 
 
 class ConvNormAct(nn.Sequential):
-    def __init__(self, in_ch: int, out_ch: int, norm: str, stride: Sequence[int] | int = 1):
-        super().__init__(nn.Conv3d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
-                         norm_layer(norm, out_ch), nn.LeakyReLU(0.01, inplace=True))
+    def __init__(self, in_ch: int, out_ch: int, norm: str, stride: Sequence[int] | int = 1, dims: int = 3):
+        super().__init__(conv(dims)(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
+                         norm_layer(norm, out_ch, dims), nn.LeakyReLU(0.01, inplace=True))
 
 
 class ResBlock(nn.Module):
     """UNETR-style residual block: conv-norm-act-conv-norm (+ 1x1 projection when widths differ), act."""
 
-    def __init__(self, in_ch: int, out_ch: int, norm: str):
+    def __init__(self, in_ch: int, out_ch: int, norm: str, dims: int = 3):
         super().__init__()
-        self.conv1 = nn.Conv3d(in_ch, out_ch, 3, padding=1, bias=False)
-        self.norm1 = norm_layer(norm, out_ch)
-        self.conv2 = nn.Conv3d(out_ch, out_ch, 3, padding=1, bias=False)
-        self.norm2 = norm_layer(norm, out_ch)
+        self.conv1 = conv(dims)(in_ch, out_ch, 3, padding=1, bias=False)
+        self.norm1 = norm_layer(norm, out_ch, dims)
+        self.conv2 = conv(dims)(out_ch, out_ch, 3, padding=1, bias=False)
+        self.norm2 = norm_layer(norm, out_ch, dims)
         self.act = nn.LeakyReLU(0.01, inplace=True)
         self.skip = None
         if in_ch != out_ch:
-            self.skip = nn.Sequential(nn.Conv3d(in_ch, out_ch, 1, bias=False), norm_layer(norm, out_ch))
+            self.skip = nn.Sequential(conv(dims)(in_ch, out_ch, 1, bias=False), norm_layer(norm, out_ch, dims))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = x if self.skip is None else self.skip(x)
@@ -48,8 +61,8 @@ class ResBlock(nn.Module):
 class Projection(nn.Sequential):
     """1x1 convolution, norm, activation: carries a feature to the decoder's width without processing it."""
 
-    def __init__(self, in_ch: int, out_ch: int, norm: str):
-        super().__init__(nn.Conv3d(in_ch, out_ch, 1, bias=False), norm_layer(norm, out_ch),
+    def __init__(self, in_ch: int, out_ch: int, norm: str, dims: int = 3):
+        super().__init__(conv(dims)(in_ch, out_ch, 1, bias=False), norm_layer(norm, out_ch, dims),
                          nn.LeakyReLU(0.01, inplace=True))
 
 
@@ -59,8 +72,8 @@ class UpBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, stride: Sequence[int], norm: str):
         super().__init__()
         stride = tuple(int(s) for s in stride)
-        self.up = nn.ConvTranspose3d(in_ch, out_ch, kernel_size=stride, stride=stride, bias=False)
-        self.block = ResBlock(2 * out_ch, out_ch, norm)
+        self.up = conv_transpose(len(stride))(in_ch, out_ch, kernel_size=stride, stride=stride, bias=False)
+        self.block = ResBlock(2 * out_ch, out_ch, norm, len(stride))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.block(torch.cat([self.up(x), skip], dim=1))
@@ -68,7 +81,7 @@ class UpBlock(nn.Module):
 
 def cumulative_strides(strides: Sequence[Sequence[int]]) -> list[list[int]]:
     """Total per-axis stride at each resolution level: level 0 = input, level k = prod(strides[:k])."""
-    levels = [[1, 1, 1]]
+    levels = [[1] * len(strides[0])] if strides else [[1, 1, 1]]
     for s in strides:
         levels.append([a * int(b) for a, b in zip(levels[-1], s)])
     return levels

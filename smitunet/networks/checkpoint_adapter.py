@@ -9,7 +9,13 @@ Adaptations: different input channels (patch-embedding weights repeated over cha
 relative-position table keeps the source's bias exactly at every shared offset, offsets beyond the source
 window take the nearest stored offset's bias; the index is always rebuilt); fewer stages or blocks (unused
 tensors skipped); decoder and segmentation head never loaded. Head-count or width mismatches raise an error
-naming the tensors. Loading fewer than ``min_fraction`` (90 %) of the encoder's tensors is an error unless
+naming the tensors.
+
+Into a 2D network (``spatial_dims=2``, the ``2d`` configuration) a 3D checkpoint loads as if each slice were a
+volume constant along depth: the patch-embedding kernel is summed over depth, each relative-position table keeps
+its zero-depth-offset plane (then resized in-plane like any table); the merges keep their 3D shape (see
+``PatchMerging``) and load as they are. A 3D tensor with no 2D rule is skipped and reported (its target counts
+as missing). Loading fewer than ``min_fraction`` (90 %) of the encoder's tensors is an error unless
 ``accept_partial``. See ``checkpoint_layouts`` for the accepted layouts.
 """
 
@@ -113,6 +119,9 @@ def adapt_checkpoint(state_dict_or_file: Mapping | str | Path, model: nn.Module,
             continue
         value, how = _adapt_tensor(key, normalized[key], targets[key], encoder, conflicts)
         if value is None:
+            if how:  # no 2D counterpart: skipped, not a conflict
+                report.skipped.append([key, how])
+                report.missing.append(key)
             continue
         out[prefix + key] = value.to(targets[key].dtype)
         (report.adapted.append([key, how]) if how else report.loaded.append(key))
@@ -154,6 +163,10 @@ def _adapt_tensor(key: str, value: torch.Tensor, target: torch.Tensor, encoder: 
         return target.clone(), ("" if value.shape == target.shape else "index rebuilt for this network's window")
     if value.shape == target.shape:
         return value, ""
+    if encoder.spatial_dims == 2 and value.ndim == target.ndim + 1 and key == "patch_embed.proj.weight":
+        return _adapt_tensor_2d(key, value, target, encoder, conflicts)
+    if encoder.spatial_dims == 2 and key.endswith("relative_position_bias_table") and value.shape[1] == target.shape[1]:
+        return _adapt_tensor_2d(key, value, target, encoder, conflicts)
     if key == "patch_embed.proj.weight" and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
         return adapt_in_channels(value, target.shape[1]), f"input channels {value.shape[1]} -> {target.shape[1]}"
     if key.endswith("relative_position_bias_table") and value.shape[1] == target.shape[1]:
@@ -163,7 +176,39 @@ def _adapt_tensor(key: str, value: torch.Tensor, target: torch.Tensor, encoder: 
     return None, ""
 
 
-def _attention_window(encoder: SmitSwinEncoder, key: str) -> tuple[int, int, int]:
+def _adapt_tensor_2d(key: str, value: torch.Tensor, target: torch.Tensor, encoder: SmitSwinEncoder,
+                     conflicts: list[str]) -> tuple[torch.Tensor | None, str]:
+    """A 3D checkpoint's tensor for a 2D encoder (None and a reason: skipped)."""
+    if key == "patch_embed.proj.weight":
+        if value.shape[0] != target.shape[0]:
+            conflicts.append(f"{key} {tuple(value.shape)} vs network {tuple(target.shape)}")
+            return None, ""
+        # A slice is a volume constant along depth, on which the 3D kernel responds with its depth sum.
+        summed, how = value.sum(dim=2), "3D kernel summed over depth"
+        if summed.shape[2:] != target.shape[2:]:
+            return None, f"no 2D counterpart for a kernel of shape {tuple(value.shape)}"
+        if summed.shape[1] != target.shape[1]:
+            summed = adapt_in_channels(summed, target.shape[1])
+            how += f", input channels {value.shape[1]} -> {target.shape[1]}"
+        return summed, how
+    rows, heads = value.shape
+    side = round(rows ** (1 / 3))
+    if side ** 3 != rows or side % 2 == 0:
+        if round(rows ** 0.5) ** 2 == rows:  # already a 2D table (a 2d training checkpoint): resize in-plane
+            window = _attention_window(encoder, key)
+            return resize_bias_table(value, window), f"relative-position table resized to window {window}"
+        return None, f"no 2D counterpart for a relative-position table of {rows} rows (not a cubic 3D window)"
+    # In-plane attention is attention at zero depth offset: that plane of the 3D table.
+    plane = value.T.reshape(heads, side, side, side)[:, side // 2].reshape(heads, -1).T.contiguous()
+    how = "zero-depth-offset plane of the 3D table"
+    window = _attention_window(encoder, key)
+    if plane.shape != target.shape:
+        plane = resize_bias_table(plane, window)
+        how += f", resized to window {window}"
+    return plane, how
+
+
+def _attention_window(encoder: SmitSwinEncoder, key: str) -> tuple[int, ...]:
     module = encoder.get_submodule(key.rsplit(".", 1)[0])
     return module.window
 
@@ -176,17 +221,20 @@ def adapt_in_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 
 def resize_bias_table(table: torch.Tensor, window) -> torch.Tensor:
-    """Map a ``((2w_s-1)^3, heads)`` table to window ``window``, offset by offset.
+    """Map a ``((2w_s-1)^n, heads)`` table (n = ``len(window)``: 3, or 2 in 2D) to window ``window``, offset by offset.
 
     Every relative offset both windows share keeps its bias exactly; offsets beyond the source window take
     the bias of the nearest stored offset (clamped per axis).
     """
     rows, heads = table.shape
-    side = round(rows ** (1 / 3))
-    if side ** 3 != rows or side % 2 == 0:
-        raise SmitunetError(f"relative-position table with {rows} rows is not a cubic window table")
+    n = len(window)
+    side = round(rows ** (1 / n))
+    if side ** n != rows or side % 2 == 0:
+        raise SmitunetError(f"relative-position table with {rows} rows is not a {'cubic' if n == 3 else 'square'} "
+                            "window table")
     source_window = (side + 1) // 2
-    grid = table.T.reshape(heads, side, side, side)
-    idx = [torch.clamp(torch.arange(-(w - 1), w) + source_window - 1, 0, side - 1) for w in window]
-    resized = grid[:, idx[0]][:, :, idx[1]][:, :, :, idx[2]]
+    resized = table.T.reshape(heads, *[side] * n)
+    for axis, w in enumerate(window):
+        idx = torch.clamp(torch.arange(-(w - 1), w) + source_window - 1, 0, side - 1)
+        resized = resized.index_select(axis + 1, idx)
     return resized.reshape(heads, -1).T.contiguous()

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from smitunet.errors import SmitunetError
-from smitunet.networks.blocks import NORMS, cumulative_strides
+from smitunet.networks.blocks import NORMS, SPATIAL_DIMS, cumulative_strides
 from smitunet.networks.conv_unet import ConvUNet
 from smitunet.networks.smit_unet import SmitUNet
 
@@ -60,8 +60,8 @@ def is_swin(name: str) -> bool:
     return _BUILDERS.get(name) is SmitUNet
 
 
-def default_strides(num_stages: int) -> list[list[int]]:
-    return [[2, 2, 2] for _ in range(num_stages + 1)]
+def default_strides(num_stages: int, spatial_dims: int = 3) -> list[list[int]]:
+    return [[2] * spatial_dims for _ in range(num_stages + 1)]
 
 
 def resolve_kwargs(name: str, in_channels: int, num_classes: int, patch_size: Sequence[int],
@@ -72,7 +72,7 @@ def resolve_kwargs(name: str, in_channels: int, num_classes: int, patch_size: Se
     kwargs.update(in_channels=int(in_channels), num_classes=int(num_classes),
                   patch_size=[int(p) for p in patch_size])
     if kwargs.get("strides") is None:
-        kwargs["strides"] = default_strides(kwargs["num_stages"])
+        kwargs["strides"] = default_strides(kwargs["num_stages"], int(kwargs.get("spatial_dims", 3)))
     _validate(name, kwargs)
     return kwargs
 
@@ -128,11 +128,15 @@ def import_builder(builder: str) -> Callable[..., nn.Module]:
 def _validate(name: str, kw: dict[str, Any]) -> None:
     where = f"network {name}"
     patch, strides, stages = kw["patch_size"], kw["strides"], kw["num_stages"]
-    if len(patch) != 3 or min(patch) < 1:
-        raise SmitunetError(f"{where}: patch_size must be three positive integers, got {patch}")
-    if len(strides) != stages + 1 or any(len(s) != 3 or any(v not in (1, 2) for v in s) for s in strides):
-        raise SmitunetError(f"{where}: strides must be num_stages+1 = {stages + 1} per-axis triples of 1 or 2, "
-                            f"got {strides}")
+    dims = kw.get("spatial_dims", 3)  # absent: 3D (every network before the 2d configuration)
+    if dims not in SPATIAL_DIMS:
+        raise SmitunetError(f"{where}: spatial_dims must be 2 or 3, got {dims!r}")
+    count = {2: "two", 3: "three"}[dims]
+    if len(patch) != dims or min(patch) < 1:
+        raise SmitunetError(f"{where}: patch_size must be {count} positive integers (spatial_dims {dims}), got {patch}")
+    if len(strides) != stages + 1 or any(len(s) != dims or any(v not in (1, 2) for v in s) for s in strides):
+        raise SmitunetError(f"{where}: strides must be num_stages+1 = {stages + 1} per-axis "
+                            f"{'pairs' if dims == 2 else 'triples'} of 1 or 2, got {strides}")
     total = cumulative_strides(strides)[-1]
     if any(p % t for p, t in zip(patch, total)):
         raise SmitunetError(f"{where}: patch_size {patch} is not divisible per axis by the total stride {total}")

@@ -1,7 +1,7 @@
-"""3D Swin building blocks with the official SMIT parameter names.
+"""Swin building blocks (3D, or 2D for the ``2d`` configuration) with the official SMIT parameter names.
 
 Tensors inside the encoder are channel-last ``(B, D, H, W, C)`` where D, H, W are the (z, y, x) axes of the
-input. Parameter names and shapes follow the SMIT pretraining checkpoint (``patch_embed.proj``,
+input; in 2D ``(B, H, W, C)`` (y, x). The number of spatial axes follows the window's length. Parameter names and shapes follow the SMIT pretraining checkpoint (``patch_embed.proj``,
 ``blocks.{j}.attn.relative_position_bias_table``, ``downsample.reduction`` ...), so official weights load 1:1.
 
 Windows are clipped per axis where a feature map is not larger than the window (shift disabled on that
@@ -12,6 +12,8 @@ window indexes into it with its own (smaller) offsets, so pretrained tables keep
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 from typing import Sequence
 
 import torch
@@ -28,15 +30,17 @@ MERGE_ORDERS = {"smit": SMIT_MERGE_ORDER, "monai_legacy": MONAI_LEGACY_MERGE_ORD
 
 
 @functools.lru_cache(maxsize=64)
-def relative_position_index(window: tuple[int, int, int], table_window: tuple[int, int, int]) -> torch.Tensor:
+def relative_position_index(window: tuple[int, ...], table_window: tuple[int, ...]) -> torch.Tensor:
     """Index ``(n, n)`` into a ``prod(2*table_window-1)``-row bias table for a (possibly smaller) window."""
     # Explicit CPU tensors: the cache must never hold tensors created under a meta/cuda default device.
     axes = [torch.arange(w, device="cpu") for w in window]
     coords = torch.stack(torch.meshgrid(*axes, indexing="ij")).flatten(1)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
     rel = rel + torch.tensor([t - 1 for t in table_window], device="cpu")
-    sizes = [2 * t - 1 for t in table_window]
-    return rel[..., 0] * sizes[1] * sizes[2] + rel[..., 1] * sizes[2] + rel[..., 2]
+    index = torch.zeros(rel.shape[:2], dtype=rel.dtype, device="cpu")
+    for axis, t in enumerate(table_window):  # row-major over the table's (2t-1)-sized offset axes
+        index = index * (2 * t - 1) + rel[..., axis]
+    return index
 
 
 def effective_window(size: Sequence[int], window: Sequence[int], shift: Sequence[int]):
@@ -47,34 +51,34 @@ def effective_window(size: Sequence[int], window: Sequence[int], shift: Sequence
 
 
 def window_partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
-    b, d, h, w, c = x.shape
-    x = x.view(b, d // window[0], window[0], h // window[1], window[1], w // window[2], window[2], c)
-    return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, window[0] * window[1] * window[2], c)
+    """(B, *spatial, C) -> (B * num_windows, prod(window), C), windows in raster order."""
+    b, *spatial, c = x.shape
+    n = len(window)
+    shape = [b] + [v for s, w in zip(spatial, window) for v in (s // w, w)] + [c]
+    order = [0] + [1 + 2 * a for a in range(n)] + [2 + 2 * a for a in range(n)] + [2 * n + 1]
+    return x.view(shape).permute(order).reshape(-1, math.prod(window), c)
 
 
-def window_reverse(windows: torch.Tensor, window: Sequence[int], b: int, d: int, h: int, w: int) -> torch.Tensor:
-    x = windows.view(b, d // window[0], h // window[1], w // window[2], window[0], window[1], window[2], -1)
-    return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, d, h, w, -1)
+def window_reverse(windows: torch.Tensor, window: Sequence[int], b: int, *spatial: int) -> torch.Tensor:
+    n = len(window)
+    x = windows.view(b, *[s // w for s, w in zip(spatial, window)], *window, -1)
+    order = [0] + [v for a in range(n) for v in (1 + a, 1 + n + a)] + [2 * n + 1]
+    return x.permute(order).reshape(b, *spatial, -1)
 
 
 @functools.lru_cache(maxsize=64)
-def _shift_region_ids(padded: tuple[int, int, int], window: tuple[int, int, int],
-                      shift: tuple[int, int, int]) -> torch.Tensor:
+def _shift_region_ids(padded: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...]) -> torch.Tensor:
     img = torch.zeros(padded, device="cpu")
     axis_slices = []
     for win, sh in zip(window, shift):
         axis_slices.append((slice(0, -win), slice(-win, -sh), slice(-sh, None)) if sh > 0 else (slice(None),))
-    count = 0
-    for sd in axis_slices[0]:
-        for sh_ in axis_slices[1]:
-            for sw in axis_slices[2]:
-                img[sd, sh_, sw] = count
-                count += 1
+    for count, region in enumerate(itertools.product(*axis_slices)):
+        img[region] = count
     return img
 
 
 @functools.lru_cache(maxsize=64)
-def shifted_window_mask(padded: tuple[int, int, int], window: tuple[int, int, int], shift: tuple[int, int, int],
+def shifted_window_mask(padded: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...],
                         device: str = "cpu") -> torch.Tensor:
     """Additive mask ``(num_windows, n, n)``: -100 between tokens from different regions after the roll."""
     ids = _shift_region_ids(tuple(padded), tuple(window), tuple(shift))
@@ -84,20 +88,20 @@ def shifted_window_mask(padded: tuple[int, int, int], window: tuple[int, int, in
 
 
 @functools.lru_cache(maxsize=64)
-def relative_position_index_on(window: tuple[int, int, int], table_window: tuple[int, int, int],
+def relative_position_index_on(window: tuple[int, ...], table_window: tuple[int, ...],
                                device: str) -> torch.Tensor:
     return relative_position_index(window, table_window).reshape(-1).to(device)
 
 
 class WindowAttention(nn.Module):
-    """Multi-head self-attention in a 3D window with a relative-position bias (SMIT/Swin names)."""
+    """Multi-head self-attention in a 3D (or 2D) window with a relative-position bias (SMIT/Swin names)."""
 
     def __init__(self, dim: int, num_heads: int, window: Sequence[int], qkv_bias: bool):
         super().__init__()
         self.num_heads = num_heads
         self.window = tuple(window)
         self.scale = (dim // num_heads) ** -0.5
-        rows = (2 * self.window[0] - 1) * (2 * self.window[1] - 1) * (2 * self.window[2] - 1)
+        rows = math.prod(2 * w - 1 for w in self.window)
         self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         # Stored only so the state_dict equals the official one; forward rebuilds the index for its window.
@@ -105,7 +109,7 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, window: tuple[int, int, int], mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, window: tuple[int, ...], mask: torch.Tensor | None) -> torch.Tensor:
         bw, n, c = x.shape
         qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
@@ -159,42 +163,50 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, window: tuple[int, int, int], shift: tuple[int, int, int]) -> torch.Tensor:
-        b, d, h, w, c = x.shape
+    def forward(self, x: torch.Tensor, window: tuple[int, ...], shift: tuple[int, ...]) -> torch.Tensor:
+        b, *size, c = x.shape
+        axes = tuple(range(1, len(size) + 1))
         shortcut = x
         x = self.norm1(x)
-        pads = [(-s) % win for s, win in zip((d, h, w), window)]
+        pads = [(-s) % win for s, win in zip(size, window)]
         if any(pads):
-            x = F.pad(x, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
-        dp, hp, wp = d + pads[0], h + pads[1], w + pads[2]
+            x = F.pad(x, _pad_spec(pads, channel_last=True))
+        padded = tuple(s + p for s, p in zip(size, pads))
         mask = None
         if any(shift):
-            x = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-            mask = shifted_window_mask((dp, hp, wp), window, shift, str(x.device))
+            x = torch.roll(x, shifts=tuple(-s for s in shift), dims=axes)
+            mask = shifted_window_mask(padded, window, shift, str(x.device))
         windows = self.attn(window_partition(x, window), window, mask)
-        x = window_reverse(windows, window, b, dp, hp, wp)
+        x = window_reverse(windows, window, b, *padded)
         if any(shift):
-            x = torch.roll(x, shifts=shift, dims=(1, 2, 3))
-        x = x[:, :d, :h, :w].contiguous()
+            x = torch.roll(x, shifts=shift, dims=axes)
+        x = x[(slice(None), *[slice(0, s) for s in size])].contiguous()
         x = shortcut + self.drop_path(x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def _pad_spec(pads: Sequence[int], channel_last: bool) -> tuple[int, ...]:
+    """F.pad's argument (last axis first) padding each spatial axis at its end."""
+    spec = [v for p in reversed(pads) for v in (0, p)]
+    return tuple([0, 0] + spec if channel_last else spec)
+
+
 class PatchEmbed(nn.Module):
-    """Conv 2x2x2 (stride per axis; a stride-1 axis pads one voxel at the end) + optional LayerNorm."""
+    """Conv 2x2x2 (2x2 in 2D; stride per axis, a stride-1 axis pads one voxel at the end) + optional LayerNorm."""
 
     def __init__(self, in_channels: int, embed_dim: int, stride: Sequence[int], norm: bool):
         super().__init__()
         self.stride = tuple(int(s) for s in stride)
-        self.proj = nn.Conv3d(in_channels, embed_dim, kernel_size=2, stride=self.stride)
+        conv = nn.Conv3d if len(self.stride) == 3 else nn.Conv2d
+        self.proj = conv(in_channels, embed_dim, kernel_size=2, stride=self.stride)
         self.norm = nn.LayerNorm(embed_dim) if norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[2:]
         pads = [1 if s == 1 else (-n) % 2 for n, s in zip(size, self.stride)]
         if any(pads):
-            x = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]))
-        x = self.proj(x).permute(0, 2, 3, 4, 1)
+            x = F.pad(x, _pad_spec(pads, channel_last=False))
+        x = self.proj(x).movedim(1, -1)
         return self.norm(x) if self.norm is not None else x
 
 
@@ -202,23 +214,26 @@ class PatchMerging(nn.Module):
     """SMIT merge: LayerNorm(8C) then Linear(8C -> 2C) over the 8 sub-voxels in SMIT's order.
 
     Along an axis with stride 1 both offsets take the same voxel, which keeps the pretrained Linear's shape
-    (it equals summing the two weight blocks) so official weights load for any per-axis plan.
+    (it equals summing the two weight blocks) so official weights load for any per-axis plan. A 2D merge is
+    the 3D one with no depth axis: the depth offset is dropped like a stride-1 axis's, so the 2D network keeps
+    the 3D checkpoint's merge tensors exactly (it equals the 3D merge of a slice repeated along depth).
     """
 
     def __init__(self, dim: int, stride: Sequence[int], order: str = "smit"):
         super().__init__()
         self.stride = tuple(int(s) for s in stride)
         self.order = MERGE_ORDERS[order]
+        self.offsets = tuple(o[3 - len(self.stride):] for o in self.order)
         self.norm = nn.LayerNorm(8 * dim)
         self.reduction = nn.Linear(8 * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[1:4]
+        size = x.shape[1:-1]
         pads = [n % 2 if s == 2 else 0 for n, s in zip(size, self.stride)]
         if any(pads):
-            x = F.pad(x, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
-        sd, sh, sw = self.stride
-        parts = [x[:, od * (sd - 1)::sd, oh * (sh - 1)::sh, ow * (sw - 1)::sw] for od, oh, ow in self.order]
+            x = F.pad(x, _pad_spec(pads, channel_last=True))
+        parts = [x[(slice(None), *[slice(o * (s - 1), None, s) for o, s in zip(offset, self.stride)])]
+                 for offset in self.offsets]
         return self.reduction(self.norm(torch.cat(parts, dim=-1)))
 
 
@@ -236,9 +251,9 @@ class SwinLayer(nn.Module):
         self.downsample = PatchMerging(dim, merge_stride, merge_order)
 
     def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[1:4]
+        size = x.shape[1:-1]
         half = tuple(w // 2 for w in self.window)
         for block in self.blocks:
-            window, shift = effective_window(size, self.window, half if block.shifted else (0, 0, 0))
+            window, shift = effective_window(size, self.window, half if block.shifted else (0,) * len(size))
             x = block(x, window, shift)
         return x

@@ -8,10 +8,15 @@ Forward order (as in SMIT's SwinTransformer): patch embedding (+LayerNorm) -> op
 replacement -> for each stage i: Swin blocks -> ``norm{i}`` applied to the blocks' output gives stage
 feature i -> PatchMerging of the *un-normalized* blocks' output feeds stage i+1. The last stage's merge output
 (no norm) is the bottleneck feature.
+
+``spatial_dims=2`` (the ``2d`` configuration) builds the same encoder on slices: a 2x2 patch embedding, 2D
+windows and relative-position tables; every other tensor keeps its 3D shape (see ``PatchMerging``), so a 3D
+checkpoint adapts to it by value (``checkpoint_adapter``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -30,14 +35,17 @@ class SmitSwinEncoder(nn.Module):
 
     ``mask``: bool ``(B, num_patch_tokens)`` in the patch grid's (D, H, W) raster order; True tokens are
     replaced by ``mask_token`` before the first stage (SMIT masked-image pretraining).
+
+    ``spatial_dims``: 3, or 2 for slices ``(B, C, y, x)`` (strides are then pairs).
     """
 
     def __init__(self, in_channels: int, embed_dim: int, depths: Sequence[int], num_heads: Sequence[int],
                  window_size: int | Sequence[int], qkv_bias: bool, num_stages: int,
                  strides: Sequence[Sequence[int]], patch_norm: bool = True, mlp_ratio: float = 4.0,
-                 drop_path_rate: float = 0.0, merge_order: str = "smit"):
+                 drop_path_rate: float = 0.0, merge_order: str = "smit", spatial_dims: int = 3):
         super().__init__()
-        window = (window_size,) * 3 if isinstance(window_size, int) else tuple(window_size)
+        window = (window_size,) * spatial_dims if isinstance(window_size, int) else tuple(window_size)
+        self.spatial_dims = spatial_dims
         self.num_stages = num_stages
         self.embed_dim = embed_dim
         self.channels = [embed_dim * 2 ** i for i in range(num_stages + 1)]
@@ -59,10 +67,12 @@ class SmitSwinEncoder(nn.Module):
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.patch_embed(x)
         if mask is not None:
-            b, d, h, w, c = x.shape
-            if mask.shape != (b, d * h * w):
-                raise ValueError(f"mask must be (B, {d * h * w}) for a {d}x{h}x{w} patch grid, got {tuple(mask.shape)}")
-            x = torch.where(mask.view(b, d, h, w, 1), self.mask_token.to(x.dtype).view(1, 1, 1, 1, c), x)
+            b, *grid, c = x.shape
+            tokens = math.prod(grid)
+            if mask.shape != (b, tokens):
+                raise ValueError(f"mask must be (B, {tokens}) for a {'x'.join(map(str, grid))} patch grid, "
+                                 f"got {tuple(mask.shape)}")
+            x = torch.where(mask.view(b, *grid, 1), self.mask_token.to(x.dtype).view(1, *[1] * len(grid), c), x)
         return x
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -70,9 +80,9 @@ class SmitSwinEncoder(nn.Module):
         features = []
         for i, layer in enumerate(self.layers):
             x = layer.run_blocks(x)
-            features.append(getattr(self, f"norm{i}")(x).permute(0, 4, 1, 2, 3).contiguous())
+            features.append(getattr(self, f"norm{i}")(x).movedim(-1, 1).contiguous())
             x = layer.downsample(x)
-        features.append(x.permute(0, 4, 1, 2, 3).contiguous())
+        features.append(x.movedim(-1, 1).contiguous())
         return features
 
     def forward_intermediates(self, x: torch.Tensor) -> dict[str, list[torch.Tensor] | torch.Tensor]:
@@ -81,12 +91,12 @@ class SmitSwinEncoder(nn.Module):
         Used to compare with other implementations (MONAI returns LayerNorm(merge outputs)).
         """
         x = self.embed(x)
-        out: dict = {"embed": x.permute(0, 4, 1, 2, 3), "blocks": [], "merged": []}
+        out: dict = {"embed": x.movedim(-1, 1), "blocks": [], "merged": []}
         for layer in self.layers:
             x = layer.run_blocks(x)
-            out["blocks"].append(x.permute(0, 4, 1, 2, 3))
+            out["blocks"].append(x.movedim(-1, 1))
             x = layer.downsample(x)
-            out["merged"].append(x.permute(0, 4, 1, 2, 3))
+            out["merged"].append(x.movedim(-1, 1))
         return out
 
 

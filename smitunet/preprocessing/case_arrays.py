@@ -100,6 +100,8 @@ def chunk_and_block_shape(shape: Sequence[int], patch_size: Sequence[int], items
     """
     spatial = [int(s) for s in shape[1:]]
     patch = [max(1, int(p)) for p in patch_size]
+    if len(patch) == 2:  # a 2D configuration's patch is one (y, x) slice of the 3D case
+        patch = [1, *patch]
     block = [min(2 ** math.ceil(math.log2(p)), s) for p, s in zip(patch, spatial)]
     while itemsize * math.prod(block) > BLOCK_BYTES and max(block) > 1:
         axis = max(range(3), key=lambda a: (block[a] / patch[a], block[a]) if block[a] > 1 else (-1, 0))

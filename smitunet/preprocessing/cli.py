@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --pretrained: the patch-merging order a MONAI checkpoint was trained with (default: "
                         "legacy for the self-supervised model_swinvit.pt, merging for a SwinUNETR model)")
     p.add_argument("-c", nargs="+", default=None, metavar="CONFIG",
-                   help="configurations to preprocess (default: all planned, 3d_fullres [+ 3d_lowres])")
+                   help="configurations to preprocess (default: all planned, 3d_fullres [+ 3d_lowres and "
+                        "3d_cascade_fullres, which reads the data of 3d_fullres])")
     p.add_argument("-np", type=int, default=None, help="worker processes (default: available cores)")
     p.add_argument("--verify_dataset_integrity", action="store_true",
                    help="also re-check reused fingerprints and check imagesTs")

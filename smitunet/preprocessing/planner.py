@@ -6,10 +6,14 @@ merge whose stride is 1 or 2 per axis. An axis is merged only while its deepest 
 of being padded to 64; the number of Swin layers used is the largest number of merges any axis takes.
 The patch starts as the median image and shrinks, physically longest axis first, until a batch of two fits
 the memory target; the batch then grows while it fits and covers at most 5 % of the dataset's voxels.
+
+``2d`` (every dataset, as nnU-Net): the same network on (y, x) slices of the 3d_fullres data, so it shares that
+preprocessed folder; its patch starts from the in-plane median shape and is fitted to the same memory target.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Sequence
 
@@ -17,7 +21,8 @@ import numpy as np
 
 from smitunet.contracts import Fingerprint
 from smitunet.errors import SmitunetError
-from smitunet.plans import DEFAULT_PLANS_NAME, ConfigurationPlan, NetworkConfig, Plans, has_regions_of, num_outputs_of
+from smitunet.plans import (DEFAULT_PLANS_NAME, ConfigurationPlan, NetworkConfig, Plans, foreground_labels_of,
+                            has_regions_of, num_outputs_of)
 from smitunet.preprocessing.normalization import scheme_for_channel
 from smitunet.preprocessing.resampling import ANISOTROPY_THRESHOLD
 
@@ -85,9 +90,9 @@ def merge_schedule(merges: Sequence[int], spacing: Sequence[float], num_stages: 
     schedule = []
     for stage in range(num_stages):
         left = num_stages - stage
-        candidates = [a for a in range(3) if remaining[a] > 0]
+        candidates = [a for a in range(len(remaining)) if remaining[a] > 0]
         finest = min((current[a] for a in candidates), default=0.0)
-        step = [1, 1, 1]
+        step = [1] * len(remaining)
         for a in candidates:
             if remaining[a] >= left or current[a] <= 2 * finest:
                 step[a] = 2
@@ -99,25 +104,27 @@ def merge_schedule(merges: Sequence[int], spacing: Sequence[float], num_stages: 
 
 def network_geometry(sizes: Sequence[float], spacing: Sequence[float], max_stages: int,
                      min_feature: int = MIN_FEATURE_SIZE) -> tuple[list[int], int, list[list[int]]]:
-    """(patch_size, num_stages, strides) for an image region of ``sizes`` voxels (z, y, x)."""
+    """(patch_size, num_stages, strides) for an image region of ``sizes`` voxels (z, y, x), or (y, x) for 2d."""
     merges = [axis_merges(s, max_stages, min_feature) for s in sizes]
     num_stages = max(1, max(merges))
-    strides = [[PATCH_EMBED_STRIDE] * 3] + merge_schedule(merges, spacing, num_stages)
-    total = [int(np.prod([s[a] for s in strides])) for a in range(3)]
+    strides = [[PATCH_EMBED_STRIDE] * len(sizes)] + merge_schedule(merges, spacing, num_stages)
+    total = [int(np.prod([s[a] for s in strides])) for a in range(len(sizes))]
     patch = [int(math.ceil(max(s, 1) / t) * t) for s, t in zip(sizes, total)]
     return patch, num_stages, strides
 
 
 def network_config(preset_name: str, preset: dict, in_channels: int, num_classes: int, patch: list[int],
                    num_stages: int, strides: list[list[int]]) -> NetworkConfig:
-    return NetworkConfig(name=preset_name, kwargs={**preset, "in_channels": in_channels, "num_classes": num_classes,
-                                                   "patch_size": list(patch), "num_stages": num_stages,
-                                                   "strides": strides, "deep_supervision": True})
+    kwargs = {**preset, "in_channels": in_channels, "num_classes": num_classes, "patch_size": list(patch),
+              "num_stages": num_stages, "strides": strides, "deep_supervision": True}
+    if len(patch) == 2:  # only 2d says so: 3D network kwargs stay as every earlier plan and checkpoint has them
+        kwargs["spatial_dims"] = 2
+    return NetworkConfig(name=preset_name, kwargs=kwargs)
 
 
 def stage_layout(patch: Sequence[int], strides: list[list[int]], window: Any) -> list[dict[str, Any]]:
     """Per Swin layer: its feature map size, attention window (clipped to the map) and merge stride after."""
-    windows = list(window) if isinstance(window, (list, tuple)) else [window] * 3
+    windows = list(window) if isinstance(window, (list, tuple)) else [window] * len(patch)
     shape = [p // s for p, s in zip(patch, strides[0])]
     layout = []
     for merge in strides[1:]:
@@ -162,7 +169,7 @@ class _Sizer:
                     return cfg  # smallest sensible patch: the memory target is simply too small
                 candidate = self.config(sizes, spacing)
                 if self.keep_stages and candidate.kwargs["num_stages"] < stages:
-                    locked.add(next(a for a in range(3) if sizes[a] != before[a]))
+                    locked.add(next(a for a in range(len(sizes)) if sizes[a] != before[a]))
                     sizes[:] = before
                     continue
                 cfg = candidate
@@ -172,7 +179,7 @@ class _Sizer:
     def _shrink(sizes: list[float], cfg: NetworkConfig, spacing: Sequence[float], locked=frozenset()) -> bool:
         """Shrink the physically longest axis by one stride step (or 10 %); False when nothing can shrink."""
         patch, floor = cfg.kwargs["patch_size"], PATCH_EMBED_STRIDE * MIN_FEATURE_SIZE
-        shrinkable = [a for a in range(3) if sizes[a] > floor and a not in locked]
+        shrinkable = [a for a in range(len(sizes)) if sizes[a] > floor and a not in locked]
         if not shrinkable:
             return False
         axis = max(shrinkable, key=lambda a: (patch[a] * spacing[a], patch[a]))
@@ -219,6 +226,17 @@ def _configuration(name: str, plans_name: str, spacing: list[float], fingerprint
                              use_mask_for_norm=use_mask, network=cfg, estimated_memory_gb=round(memory_gb, 3))
 
 
+def _configuration_2d(fullres: ConfigurationPlan, fingerprint: dict, sizer: _Sizer) -> ConfigurationPlan:
+    """nnU-Net's ``2d``: (y, x) slices of the 3d_fullres cases. Same spacing and normalisation, hence the same
+    data_identifier (no second preprocessed copy); the patch starts from the in-plane median shape and shrinks
+    until a batch fits the memory target, and the batch follows the same rules as in 3D."""
+    shapes = _shapes_at(fingerprint, fullres.spacing)
+    cfg = sizer.fit_patch(fullres.median_image_shape[1:], fullres.spacing[1:])
+    batch, memory_gb = sizer.batch_size(cfg, float(np.prod(shapes, axis=1).sum()))
+    return dataclasses.replace(fullres, patch_size=list(cfg.kwargs["patch_size"]), batch_size=int(batch),
+                               network=cfg, estimated_memory_gb=round(memory_gb, 3))
+
+
 def _coverage(c: ConfigurationPlan) -> float:
     return float(np.prod(c.patch_size) / np.prod(c.median_image_shape))
 
@@ -237,6 +255,16 @@ def _lowres(fullres: ConfigurationPlan, plans_name: str, fingerprint: dict, size
                                  normalization, use_mask)
             return low if _coverage(low) >= LOWRES_COVERAGE * 0.9 else None
     return None
+
+
+def cascade_configuration(fullres: ConfigurationPlan, num_foreground_labels: int,
+                          previous_stage: str = "3d_lowres") -> ConfigurationPlan:
+    """nnU-Net's 3d_cascade_fullres: 3d_fullres's data (same preprocessed folder), spacing, patch and batch, with
+    the previous stage's segmentation as one extra one-hot input channel per foreground label."""
+    kwargs = dict(fullres.network.kwargs)
+    kwargs["in_channels"] = int(kwargs["in_channels"]) + num_foreground_labels
+    return dataclasses.replace(fullres, previous_stage=previous_stage,
+                               network=NetworkConfig(fullres.network.name, kwargs))
 
 
 def _validated_spacing(spacing: Sequence[float], what: str) -> list[float]:
@@ -329,6 +357,9 @@ def plan_experiment(dataset_name: str, dataset_json: dict, fingerprint: dict, *,
         low = _lowres(configs["3d_fullres"], plans_name, fingerprint, sizer, normalization, use_mask)
         if low is not None:
             configs["3d_lowres"] = low
+            configs["3d_cascade_fullres"] = cascade_configuration(configs["3d_fullres"],
+                                                                  len(foreground_labels_of(labels)))
+    configs["2d"] = _configuration_2d(configs["3d_fullres"], fingerprint, sizer)
     if pretrained is not None:
         used = configs["3d_fullres"].network.kwargs["num_stages"]
         if used < pretrained.num_stages:

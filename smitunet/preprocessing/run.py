@@ -97,7 +97,9 @@ def summary(plans: Plans, counts: dict[str, dict]) -> str:
         lines.append(f"  {name}: spacing {c.spacing} median shape {c.median_image_shape} patch {c.patch_size} "
                      f"batch {c.batch_size} stages {k.get('num_stages')} strides {k.get('strides')} "
                      f"norm {c.normalization} est. memory {c.estimated_memory_gb} GB")
-        if name in counts:
+        if name in counts and counts[name].get("shared_with"):
+            lines.append(f"    cases: those of {counts[name]['shared_with']} ({c.data_identifier})")
+        elif name in counts:
             lines.append(f"    cases: {counts[name]['preprocessed']} preprocessed, {counts[name]['skipped']} "
                          "already done")
     return "\n".join(lines)
@@ -139,11 +141,19 @@ def run_dataset(identifier: str, options: PlanOptions, pool: CasePool) -> tuple[
         plans.save(plans_path)
     counts = {}
     if options.preprocess:
+        done: dict[str, str] = {}  # data_identifier -> the configuration that preprocessed it in this run
         for config in options.configurations or list(plans.configurations):
             if config not in plans.configurations:
                 logger.warning(f"note: {name}: plans have no configuration {config}; skipped")
                 continue
-            target = out_dir / plans.configurations[config].data_identifier
-            counts[config] = preprocess_dataset({**cases, **unlabelled}, plans, config, target, pool,
+            if conflict := plans.shared_data_conflict(config):  # e.g. 3d_fullres' spacing edited by hand, not 2d's
+                logger.warning(f"note: {name}: {conflict}; {config} skipped")
+                continue
+            identifier = plans.configurations[config].data_identifier
+            if identifier in done:  # 2d reads 3d_fullres' cases (equal preprocessing: no conflict above)
+                counts[config] = {"preprocessed": 0, "skipped": 0, "shared_with": done[identifier]}
+                continue
+            done[identifier] = config
+            counts[config] = preprocess_dataset({**cases, **unlabelled}, plans, config, out_dir / identifier, pool,
                                                 force=options.clean, cache=cache)
     return plans, counts

@@ -36,7 +36,8 @@ def preprocessing_hash(plans: Plans, configuration: str) -> str:
     relevant = {"spacing": c.spacing, "normalization": c.normalization, "use_mask_for_norm": c.use_mask_for_norm,
                 "orders": [c.resampling_order_data, c.resampling_order_seg], "aniso": c.anisotropy_threshold,
                 "intensities": plans.foreground_intensity_properties, "labels": plans.labels,
-                "channels": plans.channel_names, "version": plans.version}
+                # 1, not plans.version: plans version 2 (the 2d configuration) changed no preprocessed array.
+                "channels": plans.channel_names, "version": 1}
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

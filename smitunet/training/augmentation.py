@@ -2,6 +2,10 @@
 
 The data loader cuts a patch larger than the network's (``sampling_patch_size``) so that rotation and
 scaling never pull in empty corners; ``SpatialTransform`` then cuts the centred network patch.
+
+A 2D patch (``2d``) gets the same transforms in 2D (batchgenerators picks the dimension from the patch), with
+nnU-Net's 2D rotation (in-plane, +-180 degrees, +-15 for elongated patches). Mirror axes are always numbered in
+the volume's (z, y, x) order; in 2D the slice axis z is dropped.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from batchgenerators.augmentations.utils import rotate_coords_3d
+from batchgenerators.augmentations.utils import rotate_coords_2d, rotate_coords_3d
 from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
 from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform,
                                                          ContrastAugmentationTransform, GammaTransform)
@@ -20,19 +24,28 @@ from batchgenerators.transforms.resample_transforms import SimulateLowResolution
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 from batchgenerators.transforms.utility_transforms import NumpyToTensor
 
+from smitunet.training.cascade_transforms import MovePreviousStageToData, PerturbPreviousStage
+
 
 @dataclass
 class AugmentationParams:
     rotation_degrees: float = 30.0
     scale_range: tuple[float, float] = (0.7, 1.4)
-    mirror_axes: tuple[int, ...] | None = (0, 1, 2)
+    mirror_axes: tuple[int, ...] | None = (0, 1, 2)   # (z, y, x) numbering, also for 2d
     anisotropy_threshold: float = 3.0  # above it, rotate only in-plane (around the low-resolution axis)
     p_rotation: float = 0.2
     p_scale: float = 0.2
 
 
-def rotation_angles(spacing: Sequence[float], params: AugmentationParams) -> list[tuple[float, float]]:
-    """Angle ranges (radians) around axes (z, y, x); anisotropic data rotates only around its coarse axis."""
+def rotation_angles(spacing: Sequence[float], params: AugmentationParams,
+                    patch_size: Sequence[int] | None = None) -> list[tuple[float, float]]:
+    """Angle ranges (radians) around axes (z, y, x); anisotropic data rotates only around its coarse axis.
+
+    A 2D ``patch_size``: one in-plane range, nnU-Net's (+-180 degrees; +-15 when the patch is more than 1.5x longer
+    one way, where a large turn would cut the long axis short)."""
+    if patch_size is not None and len(patch_size) == 2:
+        limit = 15.0 if max(patch_size) / min(patch_size) > 1.5 else 180.0
+        return [(-np.deg2rad(limit), np.deg2rad(limit))]
     a = np.deg2rad(params.rotation_degrees)
     spacing = np.asarray(spacing, dtype=float)
     if spacing.max() / spacing.min() > params.anisotropy_threshold:
@@ -45,20 +58,27 @@ def sampling_patch_size(patch_size: Sequence[int], angles: list[tuple[float, flo
                         scale_range: tuple[float, float]) -> list[int]:
     """Bounding box of the patch under the worst rotation and largest zoom-out (scale > 1 samples wider)."""
     patch = np.asarray(patch_size, dtype=float)
-    corners = np.array(list(itertools.product(*[(-p / 2, p / 2) for p in patch]))).T  # (3, 8)
+    corners = np.array(list(itertools.product(*[(-p / 2, p / 2) for p in patch]))).T  # (n, 2^n)
     extent = patch.copy()
-    grid = [np.linspace(lo, hi, 5) if hi > lo else [0.0] for lo, hi in angles]
-    for ax, ay, az in itertools.product(*grid):
-        rotated = rotate_coords_3d(corners.copy(), ax, ay, az)
+    steps = 73 if len(patch) == 2 else 5  # 2D: one angle, so 5-degree steps over +-180 cost nothing
+    grid = [np.linspace(lo, hi, steps) if hi > lo else [0.0] for lo, hi in angles]
+    for turn in itertools.product(*grid):
+        rotated = (rotate_coords_2d(corners.copy(), turn[0]) if len(patch) == 2
+                   else rotate_coords_3d(corners.copy(), *turn))
         extent = np.maximum(extent, rotated.max(axis=1) - rotated.min(axis=1))
     extent *= max(1.0, scale_range[1])
     return [int(np.ceil(e)) for e in extent]
 
 
 def training_transforms(patch_size: Sequence[int], spacing: Sequence[float],
-                        params: AugmentationParams | None = None) -> AbstractTransform:
+                        params: AugmentationParams | None = None,
+                        previous_stage_labels: Sequence[int] | None = None) -> AbstractTransform:
+    """``previous_stage_labels``: a cascade's foreground labels; its previous-stage segmentation (label channel
+    1, augmented spatially with the label) becomes perturbed one-hot input channels, after the intensity
+    transforms (which must not touch it)."""
     params = params or AugmentationParams()
-    angles = rotation_angles(spacing, params)
+    angles = rotation_angles(spacing, params, patch_size)
+    angles += [(0.0, 0.0)] * (3 - len(angles))  # 2D: batchgenerators rotates by angle_x only
     transforms = [
         SpatialTransform(
             list(patch_size), patch_center_dist_from_border=None, do_elastic_deform=False,
@@ -76,12 +96,23 @@ def training_transforms(patch_size: Sequence[int], spacing: Sequence[float],
         GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
         GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
     ]
-    if params.mirror_axes:
-        transforms.append(MirrorTransform(params.mirror_axes))
+    mirror_axes = spatial_mirror_axes(params.mirror_axes, len(patch_size))
+    if mirror_axes:
+        transforms.append(MirrorTransform(mirror_axes))
+    if previous_stage_labels is not None:
+        transforms += [MovePreviousStageToData(previous_stage_labels), PerturbPreviousStage(len(previous_stage_labels))]
     transforms.append(NumpyToTensor(["data", "seg"], "float"))
     return Compose(transforms)
 
 
-def no_augmentation_transforms() -> AbstractTransform:
-    """Validation batches (and deterministic tests): only the conversion to tensors."""
-    return Compose([NumpyToTensor(["data", "seg"], "float")])
+def spatial_mirror_axes(axes: Sequence[int] | None, spatial_dims: int) -> tuple[int, ...]:
+    """Mirror axes given in (z, y, x) numbering, as axes of a ``spatial_dims`` patch (2D: y, x -> 0, 1)."""
+    axes = tuple(int(a) for a in axes or ())
+    return axes if spatial_dims == 3 else tuple(a - 1 for a in axes if a > 0)
+
+
+def no_augmentation_transforms(previous_stage_labels: Sequence[int] | None = None) -> AbstractTransform:
+    """Validation batches (and deterministic tests): only the conversion to tensors (a cascade's previous stage
+    moved into the input first, unperturbed)."""
+    move = [] if previous_stage_labels is None else [MovePreviousStageToData(previous_stage_labels)]
+    return Compose([*move, NumpyToTensor(["data", "seg"], "float")])

@@ -1,5 +1,8 @@
 """Patch sampling from the preprocessed folder, with foreground oversampling.
 
+A 2D patch (the ``2d`` configuration) is one (y, x) slice of a preprocessed 3D case: a (1, y, x) box whose z axis
+is dropped, so foreground oversampling picks the slice of a foreground voxel exactly as it centres a 3D patch.
+
 Every batch is a pure function of ``(seed, batch_index)``: sample ``j`` of global batch ``k`` draws its case
 and position from ``default_rng([seed, k, j])`` and the augmentation's global numpy RNG is reseeded per
 batch. So the data stream does not depend on the number of background workers, a resumed run continues it
@@ -21,6 +24,7 @@ from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
 
 from smitunet.errors import SmitunetError
 from smitunet.preprocessing.case_arrays import data_file, open_case_array, seg_file
+from smitunet.preprocessing.cascade import load_previous_stage, previous_stage_file
 
 
 class PreprocessedCases:
@@ -46,6 +50,10 @@ class PreprocessedCases:
     def seg(self, case: str):
         return open_case_array(seg_file(self.folder, case))
 
+    def previous_stage(self, case: str) -> np.ndarray | None:
+        """A cascade's previous-stage labels (1, z, y, x) of ``case``; None for a single-stage configuration."""
+        return None
+
     def locations(self, case: str) -> dict[int, np.ndarray]:
         if case not in self._locations:
             path = self.folder / f"{case}_locations.npz"
@@ -57,6 +65,27 @@ class PreprocessedCases:
                             found[int(key[len("class_"):])] = np.asarray(z[key])
             self._locations[case] = found
         return self._locations[case]
+
+
+class CascadeCases(PreprocessedCases):
+    """A cascade's cases: each also has the previous stage's segmentation, ``{previous_folder}/{case}.npy`` int16
+    (1, z, y, x) in this configuration's geometry; patches carry it as the label's second channel (so spatial
+    augmentation moves it with the label) until ``MovePreviousStageToData`` turns it into input channels."""
+
+    def __init__(self, folder: str | Path, cases: Sequence[str], previous_folder: str | Path):
+        super().__init__(folder, cases)
+        self.previous_folder = Path(previous_folder)
+        missing = missing_previous_stage(self.previous_folder, self.cases)
+        if missing:
+            raise SmitunetError(f"{previous_stage_file(self.previous_folder, missing[0])}: previous-stage prediction "
+                                f"of case {missing[0]} not found ({len(missing)} case(s) missing)")
+
+    def previous_stage(self, case: str) -> np.ndarray:
+        return load_previous_stage(self.previous_folder, case)
+
+
+def missing_previous_stage(previous_folder: Path, cases: Sequence[str]) -> list[str]:
+    return [c for c in cases if not previous_stage_file(previous_folder, c).is_file()]
 
 
 class UnlabelledCases(PreprocessedCases):
@@ -116,6 +145,10 @@ def label_index_map(label_values: Sequence[int]) -> np.ndarray | None:
 
 def sample_patch(cases: PreprocessedCases, rng: np.random.Generator, patch: Sequence[int],
                  force_foreground: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(C, *patch)`` data and ``(1, *patch)`` labels; a 2D ``patch`` is cut from one slice."""
+    if len(patch) == 2:
+        data, seg, case = sample_patch(cases, rng, [1, *patch], force_foreground)
+        return data[:, 0], seg[:, 0], case
     case = cases.cases[rng.integers(len(cases.cases))]
     data, seg = cases.data(case), cases.seg(case)
     centre = None
@@ -125,8 +158,11 @@ def sample_patch(cases: PreprocessedCases, rng: np.random.Generator, patch: Sequ
             cls = sorted(locations)[rng.integers(len(locations))]
             centre = locations[cls][rng.integers(len(locations[cls]))]
     lower = _crop_box(data.shape[1:], patch, rng, centre)
-    return (crop_with_padding(data, lower, patch).astype(np.float32, copy=False),
-            crop_with_padding(seg, lower, patch).astype(np.int16, copy=False), case)
+    seg_patch = crop_with_padding(seg, lower, patch).astype(np.int16, copy=False)
+    previous = cases.previous_stage(case)
+    if previous is not None:  # the cascade's input segmentation, cut at the same place (label channel 1)
+        seg_patch = np.concatenate([seg_patch, crop_with_padding(previous, lower, patch).astype(np.int16, copy=False)])
+    return crop_with_padding(data, lower, patch).astype(np.float32, copy=False), seg_patch, case
 
 
 def exit_with_parent(parent_pid: int) -> None:
@@ -188,6 +224,8 @@ class PatchLoader(SlimDataLoaderBase):
             force = j >= self.global_batch_size - self.num_forced
             d, s, case = sample_patch(self.cases, rng, self.patch_size, force)
             datas.append(d)
-            segs.append(s if self.label_map is None else self.label_map[s])
+            if self.label_map is not None:  # the label only: a cascade's channel 1 keeps label values
+                s[:1] = self.label_map[s[:1]]
+            segs.append(s)
             names.append(case)
         return {"data": np.stack(datas), "seg": np.stack(segs), "keys": names, "batch_index": k}

@@ -14,10 +14,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from smitunet.errors import SmitunetError
+from smitunet.paths import PREDICTED_NEXT_STAGE
 from smitunet.plans import Plans
 from smitunet.preprocessing import case_arrays
 from smitunet.training import checkpointing as ckpt
-from smitunet.training.augmentation import no_augmentation_transforms
 from smitunet.training.batches import BatchStream
 from smitunet.training.data import PreprocessedCases
 from smitunet.utils.distributed import all_reduce_sum, barrier, shard_of_batch
@@ -42,6 +42,8 @@ class TrainedFold:
     mirror_axes: tuple[int, ...] | None
     save_probabilities: bool
     log: Callable[[str], None]
+    previous_stage_folder: Path | None = None   # a cascade's previous-stage segmentations (its input)
+    next_stage_folder: Path | None = None       # where this fold's validation writes them for the next stage
 
 
 def split_labelled(train_cases: list[str], labelled: list[str] | None, fold) -> tuple[list[str], list[str]]:
@@ -97,6 +99,8 @@ class TrainingLoop:
                                                               self.ctx.fold)
         t.unlabelled_cases += image_only_cases(self.data_folder)  # imagesUnlabelled, in every fold
         t.data_folder = self.data_folder
+        if t.is_cascaded:  # every previous-stage segmentation present, before anything is written
+            t.build_cases(sorted(set(self.train_cases) | set(self.val_cases)))
         if t.config.batch_size < self.dist.world_size:
             raise SmitunetError(f"batch size {t.config.batch_size} of the plans cannot be shared by "
                                 f"{self.dist.world_size} processes; use at most {t.config.batch_size} processes")
@@ -192,7 +196,7 @@ class TrainingLoop:
         t = self.trainer
         self.network.eval()
         loader = t.build_val_loader(val_cases, shard)
-        to_tensors = no_augmentation_transforms()
+        to_tensors = t.validation_transforms()
         num_evaluated = len(t.plans.evaluated_labels)
         totals = torch.zeros(2 + 3 * num_evaluated, dtype=torch.float64)
         for _ in range(t.val_iterations):
@@ -250,7 +254,15 @@ class TrainingLoop:
             validation_cases=list(self.val_cases), output_dir=self.out, epochs=self.epoch,
             needs_validation=validation_only or trained or not summary.is_file(),
             mirror_axes=None if t.options.disable_tta else t.validation_mirror_axes,
-            save_probabilities=t.options.export_probabilities, log=self.log)
+            save_probabilities=t.options.export_probabilities, log=self.log,
+            previous_stage_folder=t.previous_stage_folder(), next_stage_folder=self.next_stage_folder())
+
+    def next_stage_folder(self) -> Path | None:
+        """``predicted_next_stage`` of this model folder when a cascade follows this configuration (nnU-Net). Fold
+        ``all`` writes none: its predictions of its own training cases would replace the out-of-fold ones."""
+        if not self.trainer.plans.next_stages(self.ctx.configuration) or str(self.ctx.fold) == "all":
+            return None
+        return self.out.parent / PREDICTED_NEXT_STAGE
 
     def train(self, continue_training: bool) -> bool:
         """Train up to ``num_epochs``; False when there was nothing left to train."""
@@ -277,8 +289,8 @@ class TrainingLoop:
             return False
         self.write_run_files()
         shard = shard_of_batch(t.config.batch_size, self.dist)
-        train_cases = PreprocessedCases(self.data_folder, self.train_cases)
-        val_cases = PreprocessedCases(self.data_folder, self.val_cases)
+        train_cases = t.build_cases(self.train_cases)
+        val_cases = t.build_cases(self.val_cases)
         loader = t.build_train_loader(train_cases, shard, start_batch=self.schedule.step_count)
         stream = BatchStream(loader, t.training_transforms(), t.options.num_workers)
         try:

@@ -161,6 +161,8 @@ class SMITSemiSupervisedTrainer(SMITTrainer):
         super().on_train_start()
         if self.plans.has_regions:  # its pseudo-labels are a softmax arg-max
             raise SmitunetError(f"{type(self).__name__} does not support region-based labels yet")
+        if self.is_cascaded:  # unlabelled cases have no previous-stage segmentation to read
+            raise SmitunetError(f"{type(self).__name__} does not support {self.ctx.configuration} (a cascade) yet")
         if not self.unlabelled_cases:
             raise SmitunetError(f"{type(self).__name__} needs unlabelled cases: pass --labelled_cases FILE so that the "
                                 "fold's other training cases are used without their labels")

@@ -25,10 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from smitunet.errors import SmitunetError
+from smitunet.paths import previous_stage_dir
 from smitunet.plans import ConfigurationPlan, NetworkConfig, Plans, label_values_of
 from smitunet.training.augmentation import AugmentationParams, no_augmentation_transforms, training_transforms
 from smitunet.training.augmentation import rotation_angles, sampling_patch_size
-from smitunet.training.data import PatchLoader, PreprocessedCases, label_index_map
+from smitunet.training.data import (CascadeCases, PatchLoader, PreprocessedCases, label_index_map,
+                                    missing_previous_stage)
 from smitunet.utils.distributed import DistContext
 from smitunet.training.losses import DeepSupervisionLoss, DiceCELoss, RegionDiceBCELoss
 from smitunet.training.schedule import WarmupDecaySchedule
@@ -78,7 +81,8 @@ class Trainer:
     grad_clip_norm = 12.0
     oversample_foreground = 1 / 3
     ema_momentum = 0.9                    # EMA of the pseudo-Dice that selects checkpoint_best
-    validation_mirror_axes: tuple[int, ...] | None = (0, 1, 2)  # test-time mirroring in fold validation
+    # test-time mirroring in fold validation and prediction, (z, y, x) numbering (2d mirrors y and x)
+    validation_mirror_axes: tuple[int, ...] | None = (0, 1, 2)
 
     def __init__(self, ctx: TrainingContext):
         self.ctx = ctx
@@ -247,14 +251,65 @@ class Trainer:
         params = self.augmentation_params()
         if params is None:
             return list(self.config.patch_size)
-        return sampling_patch_size(self.config.patch_size, rotation_angles(self.config.spacing, params),
+        return sampling_patch_size(self.config.patch_size,
+                                   rotation_angles(self.config.spacing, params, self.config.patch_size),
                                    params.scale_range)
 
     def training_transforms(self):
         params = self.augmentation_params()
         if params is None:
-            return no_augmentation_transforms()
-        return training_transforms(self.config.patch_size, self.config.spacing, params)
+            return no_augmentation_transforms(self.previous_stage_labels)
+        return training_transforms(self.config.patch_size, self.config.spacing, params, self.previous_stage_labels)
+
+    def validation_transforms(self):
+        """The pseudo-Dice patches: no augmentation."""
+        return no_augmentation_transforms(self.previous_stage_labels)
+
+    # -- cascade (nnU-Net's 3d_cascade_fullres) ---------------------------------------------------------
+    @property
+    def is_cascaded(self) -> bool:
+        return self.config.previous_stage is not None
+
+    @property
+    def previous_stage_labels(self) -> list[int] | None:
+        """The labels whose one-hot channels follow the image channels of a cascade's input (None: no cascade)."""
+        return list(self.plans.foreground_labels) if self.is_cascaded else None
+
+    def previous_stage_folder(self) -> Path | None:
+        """``TRAINER__PLANS__3d_lowres/predicted_next_stage/3d_cascade_fullres``: the previous stage's out-of-fold
+        predictions, written by its five fold validations (as nnU-Net)."""
+        if not self.is_cascaded:
+            return None
+        return previous_stage_dir(Path(self.ctx.output_dir).parent, self.config.previous_stage)
+
+    def build_cases(self, cases: list[str]) -> PreprocessedCases:
+        """The labelled cases to sample patches from (a cascade's with their previous-stage segmentation)."""
+        if not self.is_cascaded:
+            return PreprocessedCases(self.data_folder, cases)
+        folder = self.previous_stage_folder()
+        missing = missing_previous_stage(folder, cases)
+        if missing:
+            raise SmitunetError(self._missing_previous_stage(folder, missing))
+        return CascadeCases(self.data_folder, cases, folder)
+
+    def _missing_previous_stage(self, folder: Path, missing: list[str]) -> str:
+        from smitunet.plans import DEFAULT_PLANS_NAME
+        from smitunet.training.registry import DEFAULT_TRAINER
+        from smitunet.training.splits import SPLITS_FILE
+        from smitunet.utils.files import load_json
+
+        previous, case = self.config.previous_stage, missing[0]
+        splits_file = self.ctx.preprocessed_dataset_dir / SPLITS_FILE
+        splits = load_json(splits_file) if splits_file.is_file() else []
+        fold = next((str(i) for i, s in enumerate(splits) if case in s.get("val", [])), "F")
+        options = "".join([f" -tr {self.ctx.trainer_name}" if self.ctx.trainer_name != DEFAULT_TRAINER else "",
+                           f" -p {self.plans.plans_name}" if self.plans.plans_name != DEFAULT_PLANS_NAME else ""])
+        more = f" and {len(missing) - 1} more case(s)" if len(missing) > 1 else ""
+        # a fold trained before its validation wrote them needs only the validation again (--val), not training
+        trained = (folder.parent.parent / f"fold_{fold}" / "checkpoint_final.pt").is_file()
+        return (f"{folder}: no {previous} prediction of case {case}{more}; {self.ctx.configuration} trains on the "
+                f"out-of-fold predictions of all five {previous} folds: run smitunet_train {self.plans.dataset_name} "
+                f"{previous} {fold}{options}{' --val' if trained else ''}")
 
     def label_map(self):
         """Label value -> network channel for the softmax loss (None: identity). Region losses read the raw values
@@ -339,7 +394,7 @@ class ConvUNetTrainer(Trainer):
         own = self.config.network.kwargs
         kwargs = dict(get_preset("conv_unet"))
         # Same input, output, patch and strides as the plans' network, so the patch stays divisible.
-        shared = ("in_channels", "num_classes", "patch_size", "num_stages", "strides", "norm")
+        shared = ("in_channels", "num_classes", "patch_size", "num_stages", "strides", "norm", "spatial_dims")
         kwargs.update({key: own[key] for key in shared if key in own})
         kwargs.setdefault("in_channels", self.plans.num_channels)
         kwargs.setdefault("num_classes", self.plans.num_classes)
