@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exported model folder(s) from smitunet_export, instead of -d/-c/-tr/-p (several: ensemble)")
     p.add_argument("--backend", choices=("torch", "onnxruntime", "torchscript"), default=None,
                    help="torch: the checkpoints (default without -m); onnxruntime / torchscript: an exported folder "
-                        "(-m; default: its format). On a CPU ONNX Runtime is not faster than PyTorch here "
-                        "(benchmarks/results/store_onnx_*.md)")
+                        "(-m; default: its format). On a CPU ONNX Runtime is about as fast as PyTorch, not meaningfully "
+                        "faster (benchmarks/results/store_onnx_*.md)")
     p.add_argument("-f", "--folds", nargs="+", default=None,
                    help="folds to ensemble (default: all trained), the same for every model")
     p.add_argument("--disable_ensemble", action="store_true",
