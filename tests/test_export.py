@@ -203,3 +203,16 @@ def test_a_failing_export_leaves_nothing(smitunet_dirs, tmp_path, monkeypatch):
                                             r"torchscript \(RuntimeError: unsupported operator aten::foo\)$"):
         api.export(plans.dataset_name, "3d_fullres", None, tmp_path / "exp", format="torchscript")
     assert len(calls) == 2 and not (tmp_path / "exp").exists() and not list(tmp_path.glob(".*"))
+
+
+def test_a_2d_configuration_is_refused_before_anything_is_written(smitunet_dirs, tmp_path):
+    base = tiny_plans()
+    kwargs = resolve_kwargs("smit_tiny", 1, base.num_classes, [16, 24], num_stages=2, spatial_dims=2,
+                            strides=[[2, 2], [2, 2], [2, 2]])
+    cfg = dataclasses.replace(base.configuration("3d_fullres"), patch_size=[16, 24],
+                              network=NetworkConfig("smit_tiny", kwargs))
+    plans = dataclasses.replace(base, configurations={"3d_fullres": cfg})
+    save_tiny_model(smitunet_dirs["results"], plans)
+    with pytest.raises(SmitunetError, match=r"has a 2D patch \[16, 24\]; only 3D configurations can be exported"):
+        api.export(plans.dataset_name, "3d_fullres", None, tmp_path / "exp", format="torchscript")
+    assert not (tmp_path / "exp").exists() and not list(tmp_path.glob(".*"))
