@@ -29,6 +29,7 @@ from _compare_table import build_markdown  # noqa: E402
 from _predict_side import make_input_folder, predict  # noqa: E402
 from _report import machine_description, now_utc, write_results  # noqa: E402
 from _train_side import budget_epochs, run_nnunet, run_smitunet  # noqa: E402
+from smitunet.preprocessing.case_arrays import labelled_cases  # noqa: E402
 from smitunet.utils.files import save_json  # noqa: E402
 
 
@@ -53,7 +54,7 @@ def settings_for(args) -> Settings:
 def write_common_splits(val_cases: int | None) -> list[str]:
     """One seeded 5-fold split written into both tools' preprocessed folders, so fold 0 is the same."""
     folder = su.preprocessed_dataset_dir() / "smitunetPlans_3d_fullres"
-    cases = sorted(p.name[: -len("_seg.npy")] for p in folder.glob("*_seg.npy"))
+    cases = labelled_cases(folder)
     order = np.random.default_rng(12345).permutation(len(cases))
     splits = []
     for chunk in np.array_split(order, 5):

@@ -43,6 +43,7 @@ from smitunet.imageio import Geometry, read_image, write_image  # noqa: E402
 from smitunet.networks import create_network  # noqa: E402
 from smitunet.networks.registry import resolve_kwargs  # noqa: E402
 from smitunet.plans import ConfigurationPlan, NetworkConfig, Plans  # noqa: E402
+from smitunet.preprocessing.case_arrays import load_case_array  # noqa: E402
 
 EYE = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
 GEO = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), EYE, (24, 20, 16))
@@ -246,6 +247,8 @@ def load_any(path: Path):
         return read_image(path)[0]
     if name.endswith(".npy"):
         return np.load(path, allow_pickle=False)
+    if name.endswith(".b2nd"):
+        return load_case_array(path)
     if name.endswith(".npz"):
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}

@@ -4,6 +4,8 @@
     api.plan_and_preprocess([4], preset="smit_tiny")
     summary = api.train(4, "3d_fullres", 0, epochs=10, iters_per_epoch=25)
     api.predict("imagesTs", "predictions", dataset=4)                 # a folder in, label files out
+    api.export(4, "3d_fullres", [0, 1], "exported", format="onnx")     # networks as ONNX, a self-contained folder
+    api.predict("imagesTs", "predictions", model_folders=["exported"]) # ... predicted with ONNX Runtime
     labels = api.predict(image, dataset=4, geometry=geometry)          # an array (C, z, y, x) in, labels out
     api.evaluate("labelsTs", "predictions")
     api.convert_dicom("studies", "mapping.json", 201, "HeadNeck")     # DICOM + RTSTRUCT studies -> raw dataset
@@ -114,13 +116,18 @@ def predict(images: str | Path | np.ndarray, output: str | Path | None = None, *
             configurations: Sequence[str] | None = None, trainers: Sequence[str] | None = None,
             plans: Sequence[str] | None = None, folds: Sequence[str] | None = None, checkpoint: str = "final",
             disable_ensemble: bool = False, options=None, geometry: Geometry | None = None,
-            settings_extra: dict | None = None, prev_stage_predictions: str | Path | None = None):
+            settings_extra: dict | None = None, prev_stage_predictions: str | Path | None = None,
+            model_folders: Sequence[str | Path] | None = None, backend: str | None = None):
     """``smitunet_predict``. ``images`` is a folder (or one file / DICOM series): the label files are written into
     ``output`` (with ``prediction_settings.json``) and their paths returned. Or ``images`` is an array
     (C, z, y, x) or (z, y, x) with its ``geometry``: the labels (z, y, x) are returned and nothing is written.
     ``options`` is a ``PredictionOptions`` (default: mirroring, auto device). A cascade (``3d_cascade_fullres``)
     runs its 3d_lowres model (same trainer, plans and folds) first, unless ``prev_stage_predictions`` (a folder of
-    its segmentations at the input geometry, nnU-Net's ``-prev_stage_predictions``) is given."""
+    its segmentations at the input geometry, nnU-Net's ``-prev_stage_predictions``) is given.
+
+    ``model_folders``: folders written by ``export`` (one model each; several are ensembled), run by ``backend``
+    ("onnxruntime" or "torchscript", default: what the folder was exported as) instead of the trained checkpoints;
+    ``folds`` then selects among the exported folds."""
     import dataclasses
 
     from smitunet.inference.model_folder import choose_models, postprocessing_for, resolve_folds
@@ -128,6 +135,11 @@ def predict(images: str | Path | np.ndarray, output: str | Path | None = None, *
     from smitunet.inference.predictor import PredictionOptions, Predictor
 
     options = options or PredictionOptions()
+    if model_folders or backend not in (None, "torch"):
+        return _predict_exported(images, output, model_folders, backend, folds, options, geometry, settings_extra,
+                                 named=dict(dataset=dataset, configurations=configurations, trainers=trainers,
+                                            plans=plans, prev_stage_predictions=prev_stage_predictions
+                                            or options.prev_stage_predictions))
     if prev_stage_predictions is not None:
         options = dataclasses.replace(options, prev_stage_predictions=prev_stage_predictions)
     if options.dicom_output:  # checked before the models load: a wrong input costs nothing and writes nothing
@@ -158,6 +170,78 @@ def predict(images: str | Path | np.ndarray, output: str | Path | None = None, *
         raise
     _save_prediction_settings(output, models, chosen, checkpoint, predictor, settings_extra)
     return written
+
+
+def _predict_exported(images, output, model_folders, backend, folds, options, geometry, settings_extra, named):
+    """``predict`` with exported folders (smitunet_export) run by ONNX Runtime or TorchScript."""
+    from smitunet.errors import CasesFailedError
+    from smitunet.inference.onnx_backend import ExportedModel
+    from smitunet.inference.predictor import Predictor
+    from smitunet.utils.files import save_json
+
+    if not model_folders:
+        raise SmitunetError(f"--backend {backend} runs an exported model folder (-m DIR); make one with "
+                            "smitunet_export")
+    if backend == "torch":
+        raise SmitunetError("an exported model folder (-m) runs with --backend onnxruntime or torchscript, not torch")
+    given = [f"-{flag}" for flag, key in (("d", "dataset"), ("c", "configurations"), ("tr", "trainers"),
+                                          ("p", "plans"), ("prev_stage_predictions", "prev_stage_predictions"))
+             if named[key]]
+    if given:
+        raise SmitunetError(f"-m takes the model from the exported folder; {', '.join(given)} cannot be combined "
+                            "with it")
+    if options.dicom_output:
+        from smitunet.inference.inputs import find_input_cases
+        from smitunet.inference.predictor import check_dicom_output
+
+        if isinstance(images, np.ndarray):
+            raise SmitunetError("--dicom_output needs DICOM series input, not an array")
+        check_dicom_output(find_input_cases(images, 1), options.dicom_output)
+    models = [ExportedModel(folder, folds, backend, options.device) for folder in model_folders]
+    names = [str(Path(f).resolve()) for f in model_folders]
+    if len(set(names)) != len(names):
+        raise SmitunetError(f"the same exported folder is named twice: {', '.join(map(str, model_folders))}")
+    # An ensemble's postprocessing was chosen for the ensemble, not for one member: only a single model brings its own.
+    predictor = Predictor.from_models(models, options, models[0].postprocessing() if len(models) == 1 else None)
+    described = "; ".join(f"{m.identifier} folds {', '.join(m.folds)}" for m in models)
+    logger.warning(f"{'ensemble' if len(models) > 1 else 'model'} {described}, backend {predictor.device}, "
+                   f"TTA {'on' if options.use_tta else 'off'}")
+    if isinstance(images, np.ndarray):
+        if geometry is None:
+            raise SmitunetError("predicting an array needs its geometry (smitunet.imageio.Geometry)")
+        return predictor.predict_array(images, geometry)
+    if output is None:
+        raise SmitunetError("predicting a folder needs an output folder")
+
+    def settings():
+        save_json({**(settings_extra or {}), "model": " + ".join(m.identifier for m in models),
+                   "models": [m.manifest.get("model") for m in models], "model_folders": names,
+                   "backend": models[0].backend, "folds": [m.folds for m in models] if len(models) > 1
+                   else models[0].folds, "checkpoint": models[0].manifest.get("checkpoint"),
+                   "postprocessing": predictor.postprocessing}, Path(output) / "prediction_settings.json")
+
+    try:
+        written = predictor.predict_folder(images, output)
+    except CasesFailedError:
+        settings()
+        raise
+    settings()
+    return written
+
+
+def export(dataset: str | int, configuration: str = "3d_fullres", folds: Sequence[str | int] | None = None,
+           output: str | Path = "exported", *, format: str = "onnx", trainer: str | None = None,
+           plans: str | None = None, checkpoint: str = "final") -> Path:
+    """``smitunet_export``: each fold's network of one trained model as ONNX or TorchScript, with its plans,
+    dataset.json and postprocessing, into the new folder ``output`` (returned). ``folds``: default all trained."""
+    from smitunet.inference.model_folder import resolve_folds, select_model
+    from smitunet.inference.network_export import EXPORT_FORMATS, export_model
+
+    if format not in EXPORT_FORMATS:  # before the models are looked up: a typo costs nothing
+        raise SmitunetError(f"--format {format!r}: choose from {', '.join(EXPORT_FORMATS)}")
+    model = select_model(str(dataset), configuration, trainer, plans, checkpoint)
+    chosen = resolve_folds(model, [str(f) for f in folds] if folds else None, checkpoint)
+    return export_model(model, chosen, output, format, checkpoint)
 
 
 def _save_prediction_settings(output, models, chosen, checkpoint, predictor, settings_extra) -> None:

@@ -21,6 +21,7 @@ from smitunet.inference.inputs import find_input_cases
 from smitunet.inference.predictor import PredictionOptions, Predictor
 from smitunet.networks.registry import build_from_config
 from smitunet.plans import Plans
+from smitunet.preprocessing.case_arrays import data_file, load_case_array, open_case_array
 from smitunet.preprocessing.planner import cascade_configuration, plan_experiment
 from smitunet.preprocessing.preprocessor import preprocess_case
 from smitunet.preprocessing.resampling import resample_probabilities, separate_axis
@@ -142,7 +143,7 @@ def _expected_previous_stage(cascade, case: str, fold: int) -> np.ndarray:
     network.eval()
     plans = cascade.plans
     probabilities, _ = predict_case(network, plans, "3d_lowres", cascade.low_data, case, torch.device("cpu"), None)
-    shape = np.load(cascade.data / f"{case}.npy", mmap_mode="r").shape[1:]
+    shape = open_case_array(data_file(cascade.data, case)).shape[1:]
     axis = separate_axis(plans.configuration("3d_lowres").spacing, plans.configuration("3d_fullres").spacing)
     return label_lookup(plans)[resample_probabilities(probabilities, shape, axis).argmax(0)]
 
@@ -158,7 +159,7 @@ def test_cascade_input_channels_are_the_resampled_one_hot_of_the_lowres_predicti
 
     trainer = build_trainer(997, "3d_cascade_fullres", 0, device="cpu", num_workers=0)
     trainer.data_folder = cascade.data
-    image = np.load(cascade.data / f"{case}.npy")
+    image = load_case_array(data_file(cascade.data, case))
     loader = PatchLoader(trainer.build_cases([case]), image.shape[1:], 1, [0], seed=0)
     batch = trainer.validation_transforms()(**loader.generate_train_batch())
     data = batch["data"][0].numpy()

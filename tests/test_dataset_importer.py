@@ -11,6 +11,7 @@ from smitunet.dataset.importer import create_raw_dataset
 from smitunet.dataset.raw import list_training_cases, load_dataset_json
 from smitunet.imageio import Geometry, read_image, write_image
 from smitunet.plans import Plans
+from smitunet.preprocessing.case_arrays import load_case_array
 from smitunet.preprocessing.cli import main as plan_main
 
 
@@ -46,7 +47,7 @@ def test_ct_example_recipe_gives_a_sensible_ct_plan(tmp_path, smitunet_dirs, cap
     assert c.patch_size == [32, 112, 128] and c.batch_size == 2  # the whole 30x101x122 scan in one patch
     stats = plans.foreground_intensity_properties["0"]
     assert -1100 < stats["percentile_00_5"] < stats["mean"] < stats["percentile_99_5"] < 3000
-    data = np.load(out / c.data_identifier / "ct_001.npy", mmap_mode="r")
+    data = load_case_array(out / c.data_identifier / "ct_001.b2nd")
     lo = (stats["percentile_00_5"] - stats["mean"]) / stats["std"]
     hi = (stats["percentile_99_5"] - stats["mean"]) / stats["std"]
     assert np.isclose(data.min(), lo, atol=1e-4) and np.isclose(data.max(), hi, atol=1e-4)

@@ -104,5 +104,5 @@ def test_real_hippocampus_subset_converts_and_plans(tmp_path, smitunet_dirs, cap
     c = Plans.load(out / "smitunetPlans.json").configuration("3d_fullres")
     assert c.spacing == [1.0, 1.0, 1.0] and c.batch_size >= 2
     assert all(p >= m for p, m in zip(c.patch_size, c.median_image_shape)) and max(c.patch_size) < 64
-    assert len(list((out / c.data_identifier).glob("*_seg.npy"))) == 10
+    assert len(list((out / c.data_identifier).glob("*_seg.b2nd"))) == 10
     assert "10 preprocessed" in capsys.readouterr().out

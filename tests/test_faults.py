@@ -363,12 +363,14 @@ def test_full_disk_at_preprocessing_is_one_line_and_keeps_the_previous_files(smi
 
     generate_synthetic_dataset(smitunet_dirs["raw"], num_training=2, num_test=0, shape=(20, 24, 22))
     plan_main(["-d", "999", "--preset", "smit_tiny", "-np", "1"])
-    stored = {p: p.read_bytes() for p in smitunet_dirs["preprocessed"].rglob("*.npy")}
-    assert any(len(b) > 16384 for b in stored.values())  # the image arrays exceed the limit below
+    stored = {p: p.read_bytes() for p in smitunet_dirs["preprocessed"].rglob("*.b2nd")}
+    # A limit every file written before the arrays (plans, fingerprint) fits and the (compressed) images exceed.
+    limit = max(p.stat().st_size for p in smitunet_dirs["preprocessed"].rglob("*.json")) + 1
+    assert any(len(b) > limit for b in stored.values())
     proc = _run_cli("smitunet.preprocessing.cli", ["-d", "999", "--preset", "smit_tiny", "-np", "1", "--clean"],
-                    preexec_fn=_file_size_limit(16384))
-    _one_line_error(proc, ".npy", "cannot write", "the previous file, if any, is unchanged")
-    assert {p: p.read_bytes() for p in smitunet_dirs["preprocessed"].rglob("*.npy")} == stored
+                    preexec_fn=_file_size_limit(limit))
+    _one_line_error(proc, ".b2nd", "cannot write", "the previous file, if any, is unchanged")
+    assert {p: p.read_bytes() for p in smitunet_dirs["preprocessed"].rglob("*.b2nd")} == stored
     assert not list(smitunet_dirs["preprocessed"].rglob("*.part*"))
 
 

@@ -72,7 +72,7 @@ def test_valid_dataset_passes_and_all_background_label_only_warns(dataset, smitu
     main(["-d", "7", "--preset", "smit_tiny", "-np", "1", "--verify_dataset_integrity"])
     err = capsys.readouterr().err
     assert "warning: case case_001: label is all background" in err
-    assert len(list((smitunet_dirs["preprocessed"] / DATASET / "smitunetPlans_3d_fullres").glob("*_seg.npy"))) == 3
+    assert len(list((smitunet_dirs["preprocessed"] / DATASET / "smitunetPlans_3d_fullres").glob("*_seg.b2nd"))) == 3
 
 
 def test_size_mismatch(dataset, smitunet_dirs, capsys):

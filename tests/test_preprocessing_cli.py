@@ -10,6 +10,7 @@ import pytest
 
 from smitunet.dataset.synthetic import generate_synthetic_dataset
 from smitunet.plans import Plans
+from smitunet.preprocessing.case_arrays import load_case_array
 from smitunet.preprocessing.cli import main
 
 NAME = "Dataset999_Synthetic"
@@ -30,8 +31,8 @@ def test_store_follows_the_contract(planned):
     folder = planned / plans.configuration("3d_fullres").data_identifier
     for i in range(4):
         case = f"case_{i:03d}"
-        data = np.load(folder / f"{case}.npy", mmap_mode="r")
-        seg = np.load(folder / f"{case}_seg.npy")
+        data = load_case_array(folder / f"{case}.b2nd")
+        seg = load_case_array(folder / f"{case}_seg.b2nd")
         assert data.dtype == np.float32 and data.ndim == 4 and data.shape[0] == 1
         assert seg.dtype == np.int16 and seg.shape == (1, *data.shape[1:]) and set(np.unique(seg)) <= {0, 1, 2}
         props = json.loads((folder / f"{case}.json").read_text())
@@ -49,12 +50,12 @@ def test_store_follows_the_contract(planned):
 
 def test_rerun_skips_finished_cases_and_redoes_broken_ones(planned, capsys):
     folder = planned / "smitunetPlans_3d_fullres"
-    stamp = os.stat(folder / "case_001.npy").st_mtime_ns
-    (folder / "case_002_seg.npy").unlink()
+    stamp = os.stat(folder / "case_001.b2nd").st_mtime_ns
+    (folder / "case_002_seg.b2nd").unlink()
     main(["-d", "Dataset999_Synthetic", "--preset", "smit_tiny", "-np", "1"])
     assert "1 preprocessed, 3 already done" in capsys.readouterr().out
-    assert os.stat(folder / "case_001.npy").st_mtime_ns == stamp
-    assert (folder / "case_002_seg.npy").is_file()
+    assert os.stat(folder / "case_001.b2nd").st_mtime_ns == stamp
+    assert (folder / "case_002_seg.b2nd").is_file()
 
 
 def test_plans_name_use_existing_plans_and_plan_only(planned, capsys):

@@ -84,7 +84,8 @@ def _predict_fold_probabilities(model_dir: Path, fold: str, cases: list[str], ra
         probabilities = predictor.predict_case(data)
         restored = restore_original_geometry(probabilities, properties, model.plans, model.configuration,
                                              is_seg=False)
-        save_npz(probability_file(model_dir, fold, case), probabilities=np.asarray(restored, dtype=np.float32))
+        save_npz(probability_file(model_dir, fold, case), compressed=True,
+                 probabilities=np.asarray(restored, dtype=np.float32))
 
 
 def validation_predictions(model_dir: Path, folds) -> dict[str, Path] | None:

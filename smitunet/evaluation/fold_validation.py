@@ -21,6 +21,7 @@ from smitunet.imageio import read_image
 from smitunet.inference.export import activate, export_case, resample_to_next_stage
 from smitunet.inference.sliding_window import predict_sliding_window, tile_batch_default
 from smitunet.plans import Plans
+from smitunet.preprocessing.case_arrays import data_file, load_case_array, seg_file
 from smitunet.preprocessing.cascade import append_previous_stage, load_previous_stage, previous_stage_file
 from smitunet.preprocessing.preprocessor import restore_original_geometry
 from smitunet.utils.files import json_safe, make_dirs, save_json, save_npy
@@ -41,7 +42,7 @@ def predict_case(network, plans: Plans, configuration: str, data_folder: Path, c
                  mirror_axes, previous_stage_folder: Path | None = None) -> tuple[np.ndarray, dict]:
     """Probabilities (K, z, y, x; softmax, or sigmoid per region) in the preprocessed space, and the case's
     properties. A cascade reads the previous stage's segmentation of the case from ``previous_stage_folder``."""
-    data = np.load(data_folder / f"{case}.npy")
+    data = load_case_array(data_file(data_folder, case))
     if plans.configuration(configuration).previous_stage is not None:
         previous = load_previous_stage(previous_stage_folder, case)
         data = append_previous_stage(data, previous[0], plans.foreground_labels)
@@ -61,7 +62,7 @@ def reference_labels(plans: Plans, configuration: str, data_folder: Path, case: 
                      raw_labels: dict[str, Path]) -> np.ndarray:
     if case in raw_labels:
         return read_image(raw_labels[case])[0]
-    seg = np.load(data_folder / f"{case}_seg.npy")[0]
+    seg = load_case_array(seg_file(data_folder, case))[0]
     return restore_original_geometry(seg, properties, plans, configuration, is_seg=True)
 
 

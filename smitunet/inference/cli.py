@@ -7,6 +7,10 @@ used, an ensemble included (``--disable_ensemble``: its best single model).
 
 Cascade (``-c 3d_cascade_fullres``): the 3d_lowres model of the same trainer, plans and folds runs first, or
 ``-prev_stage_predictions DIR`` gives its segmentations (as nnU-Net).
+
+Exported models (smitunet_export): ``-m DIR`` predicts with the folder's ONNX or TorchScript networks instead of the
+checkpoints (``--backend onnxruntime|torchscript``, default: what the folder holds), with the same sliding window,
+mirroring and fold averaging.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="configuration; several values: ensemble of those models")
     p.add_argument("-tr", "--trainer", nargs="+", default=None, help="trainer; several values: ensemble")
     p.add_argument("-p", "--plans", nargs="+", default=None, help="plans name; several values: ensemble")
+    p.add_argument("-m", "--model_folder", nargs="+", default=None,
+                   help="exported model folder(s) from smitunet_export, instead of -d/-c/-tr/-p (several: ensemble)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "torchscript"), default=None,
+                   help="torch: the checkpoints (default without -m); onnxruntime / torchscript: an exported folder "
+                        "(-m; default: its format). On a CPU ONNX Runtime is about as fast as PyTorch, not meaningfully "
+                        "faster (benchmarks/results/store_onnx_*.md)")
     p.add_argument("-f", "--folds", nargs="+", default=None,
                    help="folds to ensemble (default: all trained), the same for every model")
     p.add_argument("--disable_ensemble", action="store_true",
@@ -82,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     written = api.predict(args.input, args.output, dataset=args.dataset, configurations=args.configuration,
                           trainers=args.trainer, plans=args.plans, folds=args.folds, checkpoint=args.checkpoint,
                           disable_ensemble=args.disable_ensemble, options=options_from_args(args),
-                          settings_extra=vars(args))
+                          settings_extra=vars(args), model_folders=args.model_folder, backend=args.backend)
     print(f"predicted {len(written)} case(s) into {args.output} in {time.perf_counter() - start:.1f} s")
 
 

@@ -120,7 +120,7 @@ def export_case(probabilities: np.ndarray, properties: dict, plans: Plans, confi
     labels = apply_postprocessing(np.ascontiguousarray(labels), postprocessing)
     if save_probabilities:
         # probabilities first: a case counts as finished once its label file exists
-        save_npz(probability_file(output_file), probabilities=restored)
+        save_npz(probability_file(output_file), compressed=True, probabilities=restored)
     if before_labels is not None:
         before_labels(labels, geometry)
     write_image(labels, geometry, output_file)

@@ -201,10 +201,8 @@ class Predictor:
                  postprocessing: dict | None = None, more_models: Sequence[Sequence[Path]] = ()):
         self.options = options or PredictionOptions()
         self.device = resolve_device(self.options.device)
-        self.models = [FoldEnsemble([Path(p) for p in files], self.device)
-                       for files in (checkpoint_files, *more_models)]
-        self.model = self.models[0]
-        for model, files in zip(self.models, (checkpoint_files, *more_models)):
+        models = [FoldEnsemble([Path(p) for p in files], self.device) for files in (checkpoint_files, *more_models)]
+        for model, files in zip(models, (checkpoint_files, *more_models)):
             if model.previous_stage is not None and self.options.prev_stage_predictions is None:
                 model.previous_model = FoldEnsemble(
                     previous_stage_checkpoints([Path(p) for p in files], model.previous_stage), self.device)
@@ -213,9 +211,25 @@ class Predictor:
                         low.config_plan != model.plans.configurations.get(model.previous_stage):
                     raise SmitunetError(f"{files[0]}: its {model.previous_stage} model was trained with other plans "
                                         f"(or is a {low.configuration} model); retrain one of the two")
+        self._use_models(models, postprocessing)
+
+    def _use_models(self, models: list, postprocessing: dict | None) -> None:
+        self.models = models
+        self.model = self.models[0]
         _check_compatible(self.models)
         self.groups = _group_by_preprocessing(self.models)
         self.postprocessing = postprocessing if self.options.apply_postprocessing else None
+
+    @classmethod
+    def from_models(cls, models: Sequence, options: PredictionOptions | None = None,
+                    postprocessing: dict | None = None) -> "Predictor":
+        """Models already loaded that stand for ``FoldEnsemble`` (``plans``, ``configuration``, ``device``,
+        ``predict_probabilities``): the exported folders of ``onnx_backend.ExportedModel``."""
+        predictor = cls.__new__(cls)
+        predictor.options = options or PredictionOptions()
+        predictor.device = models[0].device
+        predictor._use_models(list(models), postprocessing)
+        return predictor
 
     @classmethod
     def from_model_folder(cls, model_dir: Path, folds: Sequence[str], checkpoint_name: str = "final",
@@ -326,7 +340,7 @@ class Predictor:
             return
         labels, total = self._ensemble_labels(results)
         if self.options.save_probabilities:
-            save_npz(probability_file(output_file), probabilities=total)
+            save_npz(probability_file(output_file), compressed=True, probabilities=total)
         geometry = Geometry.from_dict(results[0][1]["geometry"])
         if (write_dicom := self._dicom_writer(case, output_file)) is not None:
             write_dicom(labels, geometry)  # before the label file: a case is finished once that exists

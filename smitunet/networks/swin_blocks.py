@@ -20,6 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
+# Explicit permutations rather than movedim(1, -1) / movedim(-1, 1): torch's ONNX exporter writes movedim with a
+# negative axis into the Transpose permutation, which ONNX Runtime rejects (smitunet_export).
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, *spatial) -> (B, *spatial, C)."""
+    return x.permute(0, *range(2, x.ndim), 1)
+
+
+def channels_first(x: torch.Tensor) -> torch.Tensor:
+    """(B, *spatial, C) -> (B, C, *spatial)."""
+    return x.permute(0, x.ndim - 1, *range(1, x.ndim - 1))
+
 # SMIT's PatchMerging concatenates the 8 sub-voxels in this order (offsets along D, H, W).
 SMIT_MERGE_ORDER = ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (0, 1, 1), (1, 0, 1), (1, 1, 1))
 # MONAI's PatchMerging up to v0.9 (the SwinUNETR self-supervised release, model_swinvit.pt, was trained with it): the
@@ -212,7 +224,7 @@ class PatchEmbed(nn.Module):
         pads = [1 if s == 1 else (-n) % 2 for n, s in zip(size, self.stride)]
         if any(pads):
             x = F.pad(x, _pad_spec(pads, channel_last=False))
-        x = self.proj(x).movedim(1, -1)
+        x = channels_last(self.proj(x))
         return self.norm(x) if self.norm is not None else x
 
 

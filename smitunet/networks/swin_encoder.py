@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from smitunet.networks.swin_blocks import PatchEmbed, SwinLayer
+from smitunet.networks.swin_blocks import PatchEmbed, SwinLayer, channels_first
 
 
 class SmitSwinEncoder(nn.Module):
@@ -80,9 +80,9 @@ class SmitSwinEncoder(nn.Module):
         features = []
         for i, layer in enumerate(self.layers):
             x = layer.run_blocks(x)
-            features.append(getattr(self, f"norm{i}")(x).movedim(-1, 1).contiguous())
+            features.append(channels_first(getattr(self, f"norm{i}")(x)).contiguous())
             x = layer.downsample(x)
-        features.append(x.movedim(-1, 1).contiguous())
+        features.append(channels_first(x).contiguous())
         return features
 
     def forward_intermediates(self, x: torch.Tensor) -> dict[str, list[torch.Tensor] | torch.Tensor]:
@@ -91,12 +91,12 @@ class SmitSwinEncoder(nn.Module):
         Used to compare with other implementations (MONAI returns LayerNorm(merge outputs)).
         """
         x = self.embed(x)
-        out: dict = {"embed": x.movedim(-1, 1), "blocks": [], "merged": []}
+        out: dict = {"embed": channels_first(x), "blocks": [], "merged": []}
         for layer in self.layers:
             x = layer.run_blocks(x)
-            out["blocks"].append(x.movedim(-1, 1))
+            out["blocks"].append(channels_first(x))
             x = layer.downsample(x)
-            out["merged"].append(x.movedim(-1, 1))
+            out["merged"].append(channels_first(x))
         return out
 
 

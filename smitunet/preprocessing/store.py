@@ -1,8 +1,11 @@
-"""The preprocessed store: per case ``{case}.npy``, ``{case}_seg.npy``, ``{case}.json``, ``{case}_locations.npz``.
+"""The preprocessed store: per case ``{case}.b2nd``, ``{case}_seg.b2nd`` (blosc2, see ``case_arrays``), ``{case}.json``,
+``{case}_locations.npz``.
 
 Cases are written in parallel, every file atomically, the properties JSON last: a case whose JSON exists with
 the current ``preprocessing_hash`` is finished and a re-run skips it. The hash covers only what changes the
-preprocessed arrays (spacing, normalization, intensity statistics, labels), not the patch or batch size.
+preprocessed arrays (spacing, normalization, intensity statistics, labels), not the patch or batch size (the patch
+only sets the compressed layout, which any reader reads). A finished case of a store written before (``.npy``
+arrays) counts as finished too: it is read as it is, and ``--clean`` rewrites it compressed.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from smitunet.contracts import CaseProperties
 from smitunet.errors import SmitunetError
 from smitunet.imageio import read_channels, read_image
 from smitunet.plans import Plans
+from smitunet.preprocessing import case_arrays
 from smitunet.preprocessing.fingerprint import case_seed
 from smitunet.utils.parallel import CasePool
 from smitunet.preprocessing.preprocessor import preprocess_case
-from smitunet.utils.files import load_json, make_dirs, save_json, save_npy, save_npz
+from smitunet.utils.files import load_json, make_dirs, save_json, save_npz
 
 MAX_LOCATIONS_PER_CLASS = 10_000
 
@@ -51,7 +55,8 @@ def class_locations(seg: np.ndarray, classes: list[int], seed: int) -> dict[str,
 
 
 def case_files(out_dir: Path, case: str) -> dict[str, Path]:
-    return {"data": out_dir / f"{case}.npy", "seg": out_dir / f"{case}_seg.npy",
+    """The case's files as stored now: arrays in whichever format is present (see ``case_arrays.data_file``)."""
+    return {"data": case_arrays.data_file(out_dir, case), "seg": case_arrays.seg_file(out_dir, case),
             "properties": out_dir / f"{case}.json", "locations": out_dir / f"{case}_locations.npz"}
 
 
@@ -75,11 +80,15 @@ def _preprocess_one(item: tuple[str, dict, tuple | None], plans: Plans, configur
         data, geometry = read_channels(entry["images"])
         seg = read_image(entry["label"])[0] if entry["label"] is not None else None
     data, seg, properties = preprocess_case(data, geometry, plans, configuration, seg)
-    files = case_files(out_dir, case)
-    save_npy(data, files["data"])
+    files = {**case_files(out_dir, case), **case_arrays.new_files(out_dir, case)}
+    patch = plans.configuration(configuration).patch_size
+    case_arrays.save_case_array(data, files["data"], patch)
     if seg is not None:  # an unlabelled case (imagesUnlabelled) has image and properties only
-        save_npy(seg, files["seg"])
-        save_npz(files["locations"], **class_locations(seg[0], plans.foreground_labels, case_seed(case)))
+        case_arrays.save_case_array(seg, files["seg"], patch)
+        save_npz(files["locations"], compressed=True,
+                 **class_locations(seg[0], plans.foreground_labels, case_seed(case)))
+    for legacy in case_arrays.legacy_files(out_dir, case):  # a rewritten case keeps no stale copy in the old format
+        legacy.unlink(missing_ok=True)
     record = CaseProperties.from_dict({**properties, "preprocessing_hash": digest}, f"{case} properties")
     save_json(record.to_dict(), files["properties"])  # last: marks the case done
     return case

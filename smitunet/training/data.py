@@ -23,11 +23,14 @@ import numpy as np
 from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
 
 from smitunet.errors import SmitunetError
+from smitunet.preprocessing.case_arrays import data_file, open_case_array, seg_file
 from smitunet.preprocessing.cascade import load_previous_stage, previous_stage_file
 
 
 class PreprocessedCases:
-    """Memory-mapped access to ``{case}.npy`` / ``{case}_seg.npy`` and cached class locations."""
+    """Lazy access to the image and label arrays of each case (blosc2 or legacy .npy; a patch read decompresses only
+    the blocks it touches) and cached class locations. Arrays are opened per read, not kept open: opening costs
+    well under a millisecond, and nothing opened is inherited by or pickled into the loader processes."""
 
     def __init__(self, folder: str | Path, cases: Sequence[str]):
         self.folder = Path(folder)
@@ -35,16 +38,17 @@ class PreprocessedCases:
         if not self.cases:
             raise SmitunetError(f"{self.folder}: no cases to sample from")
         for case in self.cases:
-            for suffix in (".npy", "_seg.npy"):
-                if not (self.folder / f"{case}{suffix}").is_file():
-                    raise SmitunetError(f"{self.folder / (case + suffix)}: missing; re-run smitunet_plan_and_preprocess")
+            for path in (data_file(self.folder, case), seg_file(self.folder, case)):
+                if not path.is_file():
+                    raise SmitunetError(f"{path}: missing; re-run smitunet_plan_and_preprocess")
         self._locations: dict[str, dict[int, np.ndarray]] = {}
 
-    def data(self, case: str) -> np.ndarray:
-        return np.load(self.folder / f"{case}.npy", mmap_mode="r")
+    def data(self, case: str):
+        """(C, z, y, x), lazy: slicing returns numpy arrays."""
+        return open_case_array(data_file(self.folder, case))
 
-    def seg(self, case: str) -> np.ndarray:
-        return np.load(self.folder / f"{case}_seg.npy", mmap_mode="r")
+    def seg(self, case: str):
+        return open_case_array(seg_file(self.folder, case))
 
     def previous_stage(self, case: str) -> np.ndarray | None:
         """A cascade's previous-stage labels (1, z, y, x) of ``case``; None for a single-stage configuration."""
@@ -85,7 +89,7 @@ def missing_previous_stage(previous_folder: Path, cases: Sequence[str]) -> list[
 
 
 class UnlabelledCases(PreprocessedCases):
-    """Images used without labels: ``{case}_seg.npy`` and ``{case}_locations.npz`` are never opened (they may not
+    """Images used without labels: ``{case}_seg`` and ``{case}_locations.npz`` are never opened (they may not
     exist); the label of every patch is an all-background stand-in that keeps the transforms' shapes."""
 
     def __init__(self, folder: str | Path, cases: Sequence[str]):
@@ -94,8 +98,8 @@ class UnlabelledCases(PreprocessedCases):
         if not self.cases:
             raise SmitunetError(f"{self.folder}: no unlabelled cases to sample from")
         for case in self.cases:
-            if not (self.folder / f"{case}.npy").is_file():
-                raise SmitunetError(f"{self.folder / (case + '.npy')}: missing; re-run smitunet_plan_and_preprocess")
+            if not (path := data_file(self.folder, case)).is_file():
+                raise SmitunetError(f"{path}: missing; re-run smitunet_plan_and_preprocess")
         self._locations = {}
 
     def seg(self, case: str) -> np.ndarray:

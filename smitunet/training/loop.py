@@ -16,6 +16,7 @@ from tqdm import tqdm
 from smitunet.errors import SmitunetError
 from smitunet.paths import PREDICTED_NEXT_STAGE
 from smitunet.plans import Plans
+from smitunet.preprocessing import case_arrays
 from smitunet.training import checkpointing as ckpt
 from smitunet.training.batches import BatchStream
 from smitunet.training.data import PreprocessedCases
@@ -62,12 +63,11 @@ def split_labelled(train_cases: list[str], labelled: list[str] | None, fold) -> 
 
 def image_only_cases(folder: Path) -> list[str]:
     """Preprocessed cases without a label file: the dataset's ``imagesUnlabelled``."""
-    return sorted(p.stem for p in Path(folder).glob("*.npy")
-                  if not p.name.endswith("_seg.npy") and not (Path(folder) / f"{p.stem}_seg.npy").is_file())
+    return case_arrays.image_only_cases(folder)
 
 
 def preprocessed_cases(folder: Path) -> list[str]:
-    cases = sorted(p.name[: -len("_seg.npy")] for p in Path(folder).glob("*_seg.npy"))
+    cases = case_arrays.labelled_cases(folder)
     if not cases:
         raise SmitunetError(f"{folder}: no preprocessed cases; run smitunet_plan_and_preprocess first")
     return cases

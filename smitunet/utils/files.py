@@ -139,6 +139,7 @@ def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
         np.save(tmp, array)
 
 
-def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+def save_npz(path: str | os.PathLike, compressed: bool = False, **arrays: np.ndarray) -> None:
+    """``compressed``: deflate (``np.savez_compressed``); ``np.load`` reads both alike."""
     with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, **arrays)
+        (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
