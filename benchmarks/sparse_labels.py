@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _le_data as data  # noqa: E402
 import _le_report as report  # noqa: E402
 from _jobs import Job, run_jobs  # noqa: E402
-from _report import RESULTS_DIR, fmt, machine_description, markdown_table, now_utc, write_results  # noqa: E402
+from _report import fmt, machine_description, markdown_table, now_utc, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_NAME = "Dataset010_LeftAtrium"

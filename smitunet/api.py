@@ -131,7 +131,6 @@ def predict(images: str | Path | np.ndarray, output: str | Path | None = None, *
     import dataclasses
 
     from smitunet.inference.model_folder import choose_models, postprocessing_for, resolve_folds
-    from smitunet.errors import CasesFailedError
     from smitunet.inference.predictor import PredictionOptions, Predictor
 
     options = options or PredictionOptions()
@@ -142,13 +141,7 @@ def predict(images: str | Path | np.ndarray, output: str | Path | None = None, *
                                             or options.prev_stage_predictions))
     if prev_stage_predictions is not None:
         options = dataclasses.replace(options, prev_stage_predictions=prev_stage_predictions)
-    if options.dicom_output:  # checked before the models load: a wrong input costs nothing and writes nothing
-        from smitunet.inference.inputs import find_input_cases
-        from smitunet.inference.predictor import check_dicom_output
-
-        if isinstance(images, np.ndarray):
-            raise SmitunetError("--dicom_output needs DICOM series input, not an array")
-        check_dicom_output(find_input_cases(images, 1), options.dicom_output)
+    _check_dicom_output(images, options)  # before the models load: a wrong input costs nothing, writes nothing
     models = choose_models(None if dataset is None else str(dataset), configurations, trainers, plans, checkpoint,
                            disable_ensemble)
     chosen = [resolve_folds(m, list(folds) if folds else None, checkpoint) for m in models]
@@ -157,24 +150,12 @@ def predict(images: str | Path | np.ndarray, output: str | Path | None = None, *
     described = "; ".join(f"{m.identifier} folds {', '.join(f)}" for m, f in zip(models, chosen))
     logger.warning(f"{'ensemble' if len(models) > 1 else 'model'} {described}, checkpoint_{checkpoint}, "
                    f"device {predictor.device}, TTA {'on' if options.use_tta else 'off'}")
-    if isinstance(images, np.ndarray):
-        if geometry is None:
-            raise SmitunetError("predicting an array needs its geometry (smitunet.imageio.Geometry)")
-        return predictor.predict_array(images, geometry)
-    if output is None:
-        raise SmitunetError("predicting a folder needs an output folder")
-    try:
-        written = predictor.predict_folder(images, output)
-    except CasesFailedError:
-        _save_prediction_settings(output, models, chosen, checkpoint, predictor, settings_extra)  # for the others
-        raise
-    _save_prediction_settings(output, models, chosen, checkpoint, predictor, settings_extra)
-    return written
+    return _run_predictor(predictor, images, output, geometry, lambda: _save_prediction_settings(
+        output, models, chosen, checkpoint, predictor, settings_extra))
 
 
 def _predict_exported(images, output, model_folders, backend, folds, options, geometry, settings_extra, named):
     """``predict`` with exported folders (smitunet_export) run by ONNX Runtime or TorchScript."""
-    from smitunet.errors import CasesFailedError
     from smitunet.inference.onnx_backend import ExportedModel
     from smitunet.inference.predictor import Predictor
     from smitunet.utils.files import save_json
@@ -190,13 +171,7 @@ def _predict_exported(images, output, model_folders, backend, folds, options, ge
     if given:
         raise SmitunetError(f"-m takes the model from the exported folder; {', '.join(given)} cannot be combined "
                             "with it")
-    if options.dicom_output:
-        from smitunet.inference.inputs import find_input_cases
-        from smitunet.inference.predictor import check_dicom_output
-
-        if isinstance(images, np.ndarray):
-            raise SmitunetError("--dicom_output needs DICOM series input, not an array")
-        check_dicom_output(find_input_cases(images, 1), options.dicom_output)
+    _check_dicom_output(images, options)
     models = [ExportedModel(folder, folds, backend, options.device) for folder in model_folders]
     names = [str(Path(f).resolve()) for f in model_folders]
     if len(set(names)) != len(names):
@@ -206,13 +181,6 @@ def _predict_exported(images, output, model_folders, backend, folds, options, ge
     described = "; ".join(f"{m.identifier} folds {', '.join(m.folds)}" for m in models)
     logger.warning(f"{'ensemble' if len(models) > 1 else 'model'} {described}, backend {predictor.device}, "
                    f"TTA {'on' if options.use_tta else 'off'}")
-    if isinstance(images, np.ndarray):
-        if geometry is None:
-            raise SmitunetError("predicting an array needs its geometry (smitunet.imageio.Geometry)")
-        return predictor.predict_array(images, geometry)
-    if output is None:
-        raise SmitunetError("predicting a folder needs an output folder")
-
     def settings():
         save_json({**(settings_extra or {}), "model": " + ".join(m.identifier for m in models),
                    "models": [m.manifest.get("model") for m in models], "model_folders": names,
@@ -220,12 +188,36 @@ def _predict_exported(images, output, model_folders, backend, folds, options, ge
                    else models[0].folds, "checkpoint": models[0].manifest.get("checkpoint"),
                    "postprocessing": predictor.postprocessing}, Path(output) / "prediction_settings.json")
 
+    return _run_predictor(predictor, images, output, geometry, settings)
+
+
+def _check_dicom_output(images, options) -> None:
+    if options.dicom_output:
+        from smitunet.inference.inputs import find_input_cases
+        from smitunet.inference.predictor import check_dicom_output
+
+        if isinstance(images, np.ndarray):
+            raise SmitunetError("--dicom_output needs DICOM series input, not an array")
+        check_dicom_output(find_input_cases(images, 1), options.dicom_output)
+
+
+def _run_predictor(predictor, images, output, geometry, save_settings):
+    """An array in, labels out (nothing written); or a folder in, label files out and the settings saved, also when
+    some cases failed (for the others)."""
+    from smitunet.errors import CasesFailedError
+
+    if isinstance(images, np.ndarray):
+        if geometry is None:
+            raise SmitunetError("predicting an array needs its geometry (smitunet.imageio.Geometry)")
+        return predictor.predict_array(images, geometry)
+    if output is None:
+        raise SmitunetError("predicting a folder needs an output folder")
     try:
         written = predictor.predict_folder(images, output)
     except CasesFailedError:
-        settings()
+        save_settings()
         raise
-    settings()
+    save_settings()
     return written
 
 
