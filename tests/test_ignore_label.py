@@ -113,6 +113,34 @@ def test_deep_supervision_keeps_ignoring_on_every_level():
     assert loss_fn([logits, low_changed], target).item() == pytest.approx(base.item(), rel=1e-6)
 
 
+def test_training_loss_is_unchanged_when_the_image_under_ignored_voxels_changes():
+    """The trainer's loss on a 90 %-ignored label map, no augmentation: with a network without spatial context (a
+    voxel-wise convolution, so that no ignored voxel's intensity reaches an annotated voxel's output), changing the
+    image under the ignored voxels changes neither the loss nor any gradient."""
+    trainer = Trainer.__new__(Trainer)  # only what build_loss reads
+    trainer.plans = _plans_with_ignore()
+    loss_fn = trainer.build_loss()
+    gen = torch.Generator().manual_seed(4)
+    target = torch.randint(0, 3, (2, 1, 10, 10, 10), generator=gen)
+    ignored = torch.rand(target.shape, generator=gen) < 0.9
+    target = torch.where(ignored, torch.full_like(target, IGNORE), target)
+    image = torch.randn(2, 1, 10, 10, 10, generator=gen)
+    torch.manual_seed(0)
+    network = torch.nn.Conv3d(1, 3, kernel_size=1)
+
+    def loss_and_grads(data):
+        network.zero_grad()
+        loss = loss_fn(network(data), target)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in network.parameters()]
+
+    base, grads = loss_and_grads(image)
+    changed, changed_grads = loss_and_grads(torch.where(ignored, torch.randn_like(image) * 100, image))
+    assert changed == base
+    assert all(torch.equal(a, b) for a, b in zip(grads, changed_grads))
+    assert loss_and_grads(image * 2)[0] != base  # the image does count where it is annotated
+
+
 def test_pseudo_dice_counts_skip_ignored_voxels():
     logits, target, ignored = _batch(seed=4)
 
