@@ -173,7 +173,7 @@ def plot(results: dict, path: Path, curves_path: Path | None = None) -> None:
     import matplotlib.pyplot as plt
 
     table = summarise(results)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     rows = sorted({row for rows in table.values() for row in rows})
     for row in rows:
         points = sorted((n, table[n][row]) for n in table if row in table[n])
@@ -189,9 +189,9 @@ def plot(results: dict, path: Path, curves_path: Path | None = None) -> None:
     ax.set_xlabel("labelled cases")
     ax.set_ylabel("Dice (points), mean; band: min-max over seeds")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: many rows, long titles
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     if curves_path is None:
         return

@@ -542,7 +542,10 @@ def main(argv=None) -> None:
     budget = calibrate(args, results, folds[min(args.labelled)], nnunet_plans, semi, light)
     if nnunet_plans is not None and "nnunet_epochs" not in budget:
         sys.exit("error: the recorded budget has no nnU-Net calibration; rerun with --recalibrate")
-    results["description"] = describe(args, source_order, evaluation, subsets, pool, budget)
+    # every subset with a recorded run, not only this invocation's
+    recorded = {report.parse_key(k)[1] for k in results["runs"]}
+    results["description"] = describe(args, source_order, evaluation, {n: None for n in recorded | set(subsets)}, pool,
+                                      budget)
     results["machine"] = results.get("machine") or machine_description()
     report.save_results(results, results_path)
 
