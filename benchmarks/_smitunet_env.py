@@ -38,6 +38,17 @@ def smitunet_env(results_name: str = "results") -> dict:
     return env
 
 
+def work_env(work: Path, results: str, threads: int) -> dict[str, str]:
+    """Environment for smitunet commands on the folders of one benchmark's work folder, with this checkout's
+    smitunet first on the path, so a frozen worktree can run a benchmark while development goes on."""
+    env = dict(os.environ)
+    repo = str(Path(__file__).resolve().parents[1])
+    env.update(smitunet_raw=str(work / "raw"), smitunet_preprocessed=str(work / "preprocessed"),
+               smitunet_results=str(work / results), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p))
+    return env
+
+
 def raw_dataset_dir() -> Path:
     return SMITUNET_ROOT / "raw" / DATASET_NAME
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _jobs import Job, run_jobs  # noqa: E402
 from _measure import run_measured  # noqa: E402
+from _smitunet_env import work_env  # noqa: E402
 from _report import RESULTS_DIR, machine_description, now_utc  # noqa: E402
 from _train_side import budget_epochs, read_dice  # noqa: E402
 
@@ -57,13 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def env_for(args, results: str) -> dict[str, str]:
-    env = dict(os.environ)
-    threads = str(args.threads)
-    # this checkout's smitunet first, so a frozen worktree can run the benchmark while development goes on
-    env.update(smitunet_raw=str(args.work / "raw"), smitunet_preprocessed=str(args.work / "preprocessed"),
-               smitunet_results=str(args.work / results), OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
-               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p))
-    return env
+    return work_env(args.work, results, args.threads)
 
 
 def run(name: str, cmd: list, env: dict, log: Path) -> None:

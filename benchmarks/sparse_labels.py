@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _le_data as data  # noqa: E402
 import _le_report as report  # noqa: E402
 from _jobs import Job, run_jobs  # noqa: E402
+from _smitunet_env import work_env  # noqa: E402
 from _report import fmt, machine_description, markdown_table, now_utc, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,12 +96,7 @@ def build_dataset(args, source: Path, name: str, sparse_cases: list[str], other_
 
 
 def env_for(args, results: str) -> dict[str, str]:
-    env = dict(os.environ)
-    threads = str(args.threads)
-    env.update(smitunet_raw=str(args.work / "raw"), smitunet_preprocessed=str(args.work / "preprocessed"),
-               smitunet_results=str(args.work / results), OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
-               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p))
-    return env
+    return work_env(args.work, results, args.threads)
 
 
 def prepare_plans(args, name: str, ignore_labels: dict) -> None:
