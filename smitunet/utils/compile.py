@@ -5,7 +5,9 @@ the module tree, so ``network.state_dict()`` keeps its keys (``torch.compile(mod
 to every key if it were stored as the network) and checkpoints written with and without ``--compile`` are
 interchangeable. A compile failure, when ``torch.compile`` is called or on the first call (Dynamo and the backend
 compile lazily, at the first forward), switches to the eager network for good after one warning line; the step
-that failed is rerun eagerly, so training and prediction go on with the same results.
+that failed is rerun eagerly, so training and prediction go on with the same results. Not covered: a failure of
+the backward graph, which AOTAutograd compiles at the first ``backward()``, outside this wrapper; it surfaces as
+that step's error (rerun without ``--compile``).
 """
 
 from __future__ import annotations
