@@ -12,6 +12,8 @@ that step's error (rerun without ``--compile``).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -77,4 +79,7 @@ def maybe_compile(network: nn.Module, enabled: bool, device: torch.device, *, st
     """``network`` itself without ``--compile``; else a ``CompiledNetwork`` around it."""
     if not enabled:
         return network
+    # The Swin blocks cache window indices and masks with functools.lru_cache on shapes only; Dynamo traces through
+    # the cache and warns, several lines per function, about a risk that pure functions of shapes do not carry.
+    warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
     return CompiledNetwork(network, compile_mode(device, static_shapes, distributed), what)
