@@ -91,6 +91,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=5)
     p.add_argument("--modes", nargs="+", choices=("inference", "training"), default=["inference", "training"],
                    help="what to measure (training alone gives its compile the whole budget)")
+    p.add_argument("--note", default="", help="a line added to the report (e.g. that the compile cache was warm)")
     p.add_argument("--budget", type=float, default=600.0, help="seconds allowed for all compiled runs")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -108,9 +109,9 @@ def main(argv=None) -> None:
     for kind, mode, eager, comp in (
             ("inference", "inference (1 tile, no_grad)", eager_inf, comp_inf),
             ("training", f"training step (batch {args.batch}, fwd+bwd+AdamW)", eager_train, comp_train)):
-        row = {"mode": mode, "eager_s": eager["step_s"], "eager_first_s": eager["first_s"]}
-        if eager is None:
+        if eager is None:  # not asked for (--modes)
             continue
+        row = {"mode": mode, "eager_s": eager["step_s"], "eager_first_s": eager["first_s"]}
         if comp is None and kind == "training" and do_inf and comp_inf is None:
             row.update(compiled_s=None, compile_s=None, ratio=None, note="not tried: the inference compile used the budget")
         elif comp is None:
@@ -128,7 +129,8 @@ def main(argv=None) -> None:
         rows.append(row)
     head = (f"# torch.compile vs eager on the CPU ({now_utc()}, {args.threads} thread(s), torch {torch.__version__})\n\n"
             f"smit_small at the Hippocampus plan (patch {'x'.join(map(str, PATCH))}, 2 Swin stages), medians of "
-            f"{args.steps - 2} steps after 2 warm-up steps; compile time = first compiled call minus one eager step.\n")
+            f"{args.steps - 2} steps after 2 warm-up steps; compile time = first compiled call minus one eager step.\n"
+            + (f"\n{args.note}\n" if args.note else ""))
     lines = [head, "| mode | eager (s) | compiled (s) | compiled / eager | compile time (s) | note |",
              "|---|---|---|---|---|---|"]
 
@@ -143,7 +145,7 @@ def main(argv=None) -> None:
     stem = RESULTS_DIR / f"compile_{time.strftime('%Y%m%d-%H%M', time.gmtime())}"
     stem.with_suffix(".md").write_text(text + "\n")
     stem.with_suffix(".json").write_text(json.dumps({"machine": machine_description(), "threads": args.threads,
-                                                     "steps": args.steps, "batch": args.batch, "patch": PATCH,
+                                                     "steps": args.steps, "batch": args.batch, "patch": PATCH, "note": args.note,
                                                      "rows": rows}, indent=1))
     print(text)
 
