@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
                    help="autocast on CUDA (auto: bf16 where supported, else fp16); CPU always runs fp32")
+    p.add_argument("--compile", action="store_true",
+                   help="run the network's forward through torch.compile (CUDA graphs on a GPU; the first case pays "
+                        "the compile time); falls back to eager with one warning if compilation fails")
     p.add_argument("--tile_batch_size", type=int, default=None, help="tiles per forward pass (4 CUDA, 1 CPU)")
     p.add_argument("--continue_prediction", action="store_true", help="skip cases whose output already exists")
     p.add_argument("--num_parts", type=int, default=1, help="split the cases between this many workers")
@@ -80,7 +83,7 @@ def options_from_args(args) -> PredictionOptions:
                              part_id=args.part_id, num_processes=args.num_processes,
                              apply_postprocessing=not args.disable_postprocessing, strict=args.strict,
                              dicom_output=tuple(dict.fromkeys(args.dicom_output)),
-                             prev_stage_predictions=args.prev_stage_predictions)
+                             prev_stage_predictions=args.prev_stage_predictions, compile=args.compile)
 
 
 @cli_entry

@@ -35,6 +35,7 @@ from smitunet.inference.inputs import InputCase, find_input_cases
 from smitunet.inference.sliding_window import predict_sliding_window, tile_batch_default
 from smitunet.networks.registry import build_from_config
 from smitunet.plans import Plans
+from smitunet.utils.compile import maybe_compile
 from smitunet.utils.device import resolve_device
 from smitunet.utils.files import make_dirs, remove_stale_temporary, save_npz
 from smitunet.utils.log import logger
@@ -55,6 +56,7 @@ class PredictionOptions:
     apply_postprocessing: bool = True
     dicom_output: tuple[str, ...] = ()   # "rtstruct" and/or "seg" beside the label file; DICOM series input only
     strict: bool = False                 # check every input first; one bad case stops the run before any output
+    compile: bool = False                # --compile: the network's forward through torch.compile (eager on failure)
     # A cascade's previous-stage segmentations at the input geometry, {case}{ending} (nnU-Net's
     # -prev_stage_predictions); None: the previous stage's model (same trainer, plans and folds) runs here.
     prev_stage_predictions: str | Path | None = None
@@ -73,7 +75,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 class FoldEnsemble:
     """One trained model (plans + configuration + network) and the weights of each of its folds."""
 
-    def __init__(self, checkpoint_files: Sequence[Path], device: torch.device):
+    def __init__(self, checkpoint_files: Sequence[Path], device: torch.device, compile: bool = False):
         if not checkpoint_files:
             raise SmitunetError("no checkpoint to predict with")
         self.device = device
@@ -100,6 +102,9 @@ class FoldEnsemble:
                                          self.network_config.get("builder")).to(device).eval()
         if hasattr(self.network, "deep_supervision"):
             self.network.deep_supervision = False
+        # What the sliding window calls. Folds load their weights into the same parameters in place, so one
+        # compiled graph serves every fold; the tiles all have the patch's shape, so shapes stay static.
+        self.forward_network = maybe_compile(self.network, compile, device, what="prediction network")
 
     @property
     def num_classes(self) -> int:
@@ -115,7 +120,7 @@ class FoldEnsemble:
         for state_dict in self.state_dicts:
             self.network.load_state_dict(state_dict)
             logits = predict_sliding_window(
-                self.network, tensor, self.config_plan.patch_size, self.num_classes, options.step_size,
+                self.forward_network, tensor, self.config_plan.patch_size, self.num_classes, options.step_size,
                 self.mirror_axes if options.use_tta else None, tile_batch, self.device,
                 output_device=output_device, autocast_dtype=autocast_dtype(options.precision, self.device),
                 stats=options.stats, progress=options.progress)
@@ -201,11 +206,13 @@ class Predictor:
                  postprocessing: dict | None = None, more_models: Sequence[Sequence[Path]] = ()):
         self.options = options or PredictionOptions()
         self.device = resolve_device(self.options.device)
-        models = [FoldEnsemble([Path(p) for p in files], self.device) for files in (checkpoint_files, *more_models)]
+        models = [FoldEnsemble([Path(p) for p in files], self.device, self.options.compile)
+                  for files in (checkpoint_files, *more_models)]
         for model, files in zip(models, (checkpoint_files, *more_models)):
             if model.previous_stage is not None and self.options.prev_stage_predictions is None:
                 model.previous_model = FoldEnsemble(
-                    previous_stage_checkpoints([Path(p) for p in files], model.previous_stage), self.device)
+                    previous_stage_checkpoints([Path(p) for p in files], model.previous_stage), self.device,
+                    self.options.compile)
                 low = model.previous_model
                 if low.configuration != model.previous_stage or \
                         low.config_plan != model.plans.configurations.get(model.previous_stage):

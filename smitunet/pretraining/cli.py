@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="check every image first and stop before training if one is bad (default: each bad image is "
                         "one line and left out, the run goes on, and the exit code is non-zero at the end)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the student's and teacher's forwards through torch.compile (CUDA graphs on a GPU); "
+                        "falls back to eager with one warning if compilation fails")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
             output=args.output, preset=preset, patch=patch, network_overrides=overrides, epochs=args.epochs,
             iters_per_epoch=args.iters_per_epoch, batch_size=args.batch_size, seed=args.seed, device=device,
             export_official=args.export_official, export_weights=args.export_weights,
-            num_workers=workers,
+            num_workers=workers, compile=args.compile,
             data_meta={"spacing": list(cfg.spacing), "normalization": list(cfg.normalization),
                        "channel_names": dict(plans.channel_names), "num_images": len(volumes)})
         if dist_ctx.is_main:

@@ -30,6 +30,7 @@ from smitunet.pretraining.model import PretrainNetwork
 from smitunet.pretraining.objective import StepMasks, pretraining_losses
 from smitunet.pretraining.progress import output_paths, terms_for, write_logs
 from smitunet.pretraining.views import StepBatches, ViewSampler
+from smitunet.utils.compile import maybe_compile
 from smitunet.utils.distributed import DistContext
 from smitunet.utils.log import logger
 
@@ -52,6 +53,7 @@ class RunOptions:
     export_weights: str = "teacher"                                   # which encoder goes into smit.pt
     data_meta: dict[str, Any] = field(default_factory=dict)           # spacing, normalization, channel names
     num_workers: int = 2                                              # processes preparing steps ahead; 0 = inline
+    compile: bool = False                                             # --compile: student and teacher forwards
 
 
 def lr_at(step: int, total: int, settings: PretrainSettings) -> float:
@@ -110,6 +112,12 @@ class PretrainingRun:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.trained = DistributedDataParallel(self.student, device_ids=ids, find_unused_parameters=True)
+        # --compile wraps only what the step calls: student and teacher stay the modules that are saved, exported
+        # and EMA-updated (in place, so the teacher's compiled graph sees the new weights)
+        self.trained = maybe_compile(self.trained, options.compile, self.device, distributed=self.dist.enabled,
+                                     what="pretraining student")
+        self.teacher_forward = maybe_compile(self.teacher, options.compile, self.device,
+                                             distributed=self.dist.enabled, what="pretraining teacher")
 
     # -- schedule ------------------------------------------------------------------------------------------
     @property
@@ -138,7 +146,7 @@ class PretrainingRun:
         views, masks = batch
         views = views.to(self.device, non_blocking=True)
         total, terms, teacher_logits = pretraining_losses(
-            self.trained, self.teacher, views, masks.to(self.device), self.centers, self.teacher_temp(step), s,
+            self.trained, self.teacher_forward, views, masks.to(self.device), self.centers, self.teacher_temp(step), s,
             self.grid, self.student.token_stride, self.student.stage_factors)
         if not torch.isfinite(total):
             raise SmitunetError(f"pretraining diverged at step {step} (loss {float(total)}); lower --lr")

@@ -57,7 +57,7 @@ def build_trainer(dataset: str | int, configuration: str, fold: str | int, *, tr
                   pretrained: str | Path | None = None, accept_partial_pretrained: bool = False,
                   pretrained_branch: str = "teacher", monai_merge_order: str | None = None,
                   labelled_cases: str | Path | list[str] | None = None, export_probabilities: bool = False,
-                  disable_tta: bool = False) -> Trainer:
+                  disable_tta: bool = False, compile: bool = False) -> Trainer:
     """The trainer (class resolved by name, plans loaded and checked, distributed set up) of one fold."""
     fold = parse_fold(fold)
     _positive("--epochs", epochs)
@@ -83,7 +83,7 @@ def build_trainer(dataset: str | int, configuration: str, fold: str | int, *, tr
                               pretrained_branch=pretrained_branch, monai_merge_order=monai_merge_order,
                               labelled_cases=read_case_list(labelled_cases),
                               export_probabilities=export_probabilities,
-                              disable_tta=disable_tta)
+                              disable_tta=disable_tta, compile=bool(compile))
     folder = training_output_dir(dataset_name, trainer_name_for_folder(trainer), plans, configuration) / f"fold_{fold}"
     ctx = TrainingContext(plans=plans_obj, configuration=configuration, fold=fold,
                           dataset_json=load_json(dataset_dir / "dataset.json"), preprocessed_dataset_dir=dataset_dir,

@@ -20,6 +20,7 @@ from smitunet.preprocessing import case_arrays
 from smitunet.training import checkpointing as ckpt
 from smitunet.training.batches import BatchStream
 from smitunet.training.data import PreprocessedCases
+from smitunet.utils.compile import maybe_compile
 from smitunet.utils.distributed import all_reduce_sum, barrier, shard_of_batch
 from smitunet.training.logger import TrainingLogger, empty_logs
 from smitunet.training.splits import cases_for_fold, load_or_create_splits
@@ -116,6 +117,10 @@ class TrainingLoop:
             # mask_token (pretraining only), zero-weighted outputs and frozen parts get no gradient.
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
             t.model = DistributedDataParallel(self.network, device_ids=ids, find_unused_parameters=True)
+        # --compile wraps what the step calls, never self.network: checkpoints keep the eager keys, and the
+        # validation patches (another mode and batch) run eagerly instead of compiling a second graph
+        t.model = maybe_compile(t.model, t.options.compile, self.device, distributed=self.dist.enabled,
+                                what="training network")
         t.loss = t.build_loss()
         self.optimizer = t.optimizer = t.build_optimizer(self.network)
         self.schedule = t.lr_schedule = t.build_lr_schedule(self.optimizer, t.num_epochs * t.iters_per_epoch)

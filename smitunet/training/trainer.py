@@ -50,6 +50,7 @@ class TrainingOptions:
     monai_merge_order: str | None = None      # a MONAI file's patch-merging order (None: detected)
     export_probabilities: bool = False    # --npz: also save softmax probabilities during fold validation
     disable_tta: bool = False             # --disable_tta: fold validation without test-time mirroring
+    compile: bool = False                 # --compile: the training step's forward through torch.compile
 
 
 @dataclass
