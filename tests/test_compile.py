@@ -103,6 +103,15 @@ def test_wrapper_keeps_the_state_dict_keys_and_train_eval_reach_the_network(monk
     torch.testing.assert_close(wrapped(x), net(x), rtol=0, atol=0)
 
 
+def test_the_real_compiled_module_stays_out_of_the_wrappers_state_dict():
+    # torch.compile returns a Module around the network (compiled lazily, at the first call: nothing runs here)
+    net = tiny_net()
+    wrapped = maybe_compile(net, True, torch.device("cpu"))
+    assert isinstance(wrapped._compiled, torch.nn.Module)
+    assert list(wrapped.state_dict()) == [f"network.{k}" for k in net.state_dict()]
+    assert len(list(wrapped.parameters())) == len(list(net.parameters()))
+
+
 @pytest.mark.parametrize("fake", [compile_raises, fails_on_first_call], ids=["at_compile", "at_first_call"])
 def test_a_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, warnings_logged, fake):
     monkeypatch.setattr(torch, "compile", fake)

@@ -41,8 +41,9 @@ class CompiledNetwork(nn.Module):
         self.failure: str | None = None      # why compilation was given up (None: compiled, or never tried)
         self._calls = 0
         try:
-            # a plain function, not a Module attribute: it stays out of state_dict and named_parameters
-            self._compiled = torch.compile(network, mode=mode)
+            # kept out of the module tree (torch.compile returns a Module around ``network``): state_dict,
+            # named_parameters and .to() then see the network once, under its own names
+            self.__dict__["_compiled"] = torch.compile(network, mode=mode)
         except Exception as exc:  # noqa: BLE001 - any failure to compile means eager, not a failed run
             self._compiled = None
             self._fall_back(exc)
