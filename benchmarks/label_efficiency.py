@@ -57,7 +57,7 @@ from smitunet.training.semi_supervised import SMITSemiSupervisedTrainer  # noqa:
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_TRAINERS = {name: f"label_efficiency_trainers:{name}" for name in (
     "SMITTrainerFrozenEncoder", "SMITTrainerUniformLR", "SMITTrainerEncoderWarmup",
-    "SMITSemiSupervisedTrainerNoWarmup", "SMITSemiSupervisedTrainerNoLCC")}
+    "SMITSemiSupervisedTrainerNoWarmup", "SMITSemiSupervisedTrainerNoLCC", "SMITSemiSupervisedTrainerMixedOnly")}
 METHODS = ("smit", "smart", "gmim")
 # row -> (pretraining method or None, trainer); nnunet is nnU-Net's own trainer
 SMITUNET_ROWS = {"scratch": (None, "SMITTrainer"), "upper": (None, "SMITTrainer"),
@@ -66,14 +66,20 @@ SMITUNET_ROWS = {"scratch": (None, "SMITTrainer"), "upper": (None, "SMITTrainer"
                  "probe_random": (None, "SMITTrainerFrozenEncoder"), "probe_smit": ("smit", "SMITTrainerFrozenEncoder"),
                  "semi": (None, "SMITSemiSupervisedTrainer"), "semi_smit": ("smit", "SMITSemiSupervisedTrainer"),
                  "semi_nowarmup": (None, "SMITSemiSupervisedTrainerNoWarmup"),
-                 "semi_nolcc": (None, "SMITSemiSupervisedTrainerNoLCC")}
+                 "semi_nolcc": (None, "SMITSemiSupervisedTrainerNoLCC"),
+                 "semi_mixedonly": (None, "SMITSemiSupervisedTrainerMixedOnly")}
 # Every row also exists with the light decoder ("<row>_light"): the same plans (patch, strides, spacing) with
 # decoder "light", so the encoder carries the representation; the same pretraining.
 LIGHT = "_light"
 LIGHT_PLANS = "smitunetPlans_light"
 SMITUNET_ROWS |= {f"{row}{LIGHT}": spec for row, spec in SMITUNET_ROWS.items()}
 # on every non-evaluation case, --labelled_cases the first N
-SEMI_ROWS = tuple(r + light for light in ("", LIGHT) for r in ("semi", "semi_smit", "semi_nowarmup", "semi_nolcc"))
+# the step each semi-supervised row calibrates its budget with: today's (labelled crops beside the mixed ones) or
+# the mixed crops only (the first three versions)
+SEMI_STEP = {"semi": "semi", "semi_smit": "semi", "semi_nowarmup": "semi_mixedonly", "semi_nolcc": "semi_mixedonly",
+             "semi_mixedonly": "semi_mixedonly"}
+SEMI_STEP_TRAINER = {"semi": "SMITSemiSupervisedTrainer", "semi_mixedonly": "SMITSemiSupervisedTrainerMixedOnly"}
+SEMI_ROWS = tuple(r + light for light in ("", LIGHT) for r in SEMI_STEP)
 ROWS = (*SMITUNET_ROWS, "nnunet")
 
 
@@ -84,9 +90,11 @@ def plans_of(row: str) -> str:
 def budget_key(row: str) -> str:
     light = LIGHT if row.endswith(LIGHT) else ""
     base = row[: -len(LIGHT)] if light else row
-    if base in ("semi", "semi_smit", "semi_nolcc"):  # a labelled-only warm-up first: cheaper steps, so more of them
-        return f"semi{light}_warmup_epochs"
-    return ("semi" if base == "semi_nowarmup" else "smitunet") + light + "_epochs"
+    if base == "semi_nowarmup":
+        return f"{SEMI_STEP[base]}{light}_epochs"
+    if base in SEMI_STEP:  # a labelled-only warm-up first: cheaper steps, so more of them
+        return f"{SEMI_STEP[base]}{light}_warmup_epochs"
+    return f"smitunet{light}_epochs"
 
 
 PROTOCOLS = {
@@ -347,27 +355,28 @@ def calibrate(args, results: dict, fold: int, nnunet_plans: str | None, semi: tu
                "epoch_overhead_s": _steady([e["epoch_s"] - e["train_s"] for e in epochs]), "startup_s": 0.0}
         budget["nnunet"], budget["nnunet_epochs"] = nnu, budget_epochs(nnu, iters_cal, args.iters_per_epoch, budget_s)
     semi_rows = set(SEMI_ROWS) & set(args.rows)
-    if semi is not None and "semi_epochs" not in budget and semi_rows - {r for r in semi_rows if r.endswith(LIGHT)}:
-        semi_fold, labelled_file = semi
-        budget["semi"], budget["semi_epochs"] = _calibrate_smitunet(
-            args, "semi", ["-tr", "SMITSemiSupervisedTrainer", "--labelled_cases", labelled_file], semi_fold, budget_s,
-            iters_cal)
     if light and "smitunet_light_epochs" not in budget:
         budget["smitunet_light"], budget["smitunet_light_epochs"] = _calibrate_smitunet(
             args, "smitunet_light", ["-p", LIGHT_PLANS], fold, budget_s, iters_cal)
-    if light and semi is not None and "semi_light_epochs" not in budget and any(r.endswith(LIGHT) for r in semi_rows):
-        semi_fold, labelled_file = semi
-        budget["semi_light"], budget["semi_light_epochs"] = _calibrate_smitunet(
-            args, "semi_light", ["-tr", "SMITSemiSupervisedTrainer", "--labelled_cases", labelled_file, "-p",
-                                 LIGHT_PLANS], semi_fold, budget_s, iters_cal)
-    for light in ("", LIGHT):
-        # the semi-supervised trainer's warm-up steps cost what a labelled-only step costs, the rest a mixed step
-        mixed, plain, key = budget.get(f"semi{light}"), budget.get(f"smitunet{light}"), f"semi{light}_warmup_epochs"
-        if mixed and plain and key not in budget:
-            share = SMITSemiSupervisedTrainer.supervised_warmup_fraction
-            blended = dict(mixed, train_s_per_iter=share * plain["train_s_per_iter"]
-                           + (1 - share) * mixed["train_s_per_iter"])
-            budget[key] = budget_epochs(blended, iters_cal, args.iters_per_epoch, budget_s)
+    for step, trainer in SEMI_STEP_TRAINER.items():
+        for light in ("", LIGHT):
+            rows = {r for r in semi_rows if r.endswith(LIGHT) == bool(light)
+                    and SEMI_STEP[r[: -len(LIGHT)] if light else r] == step}
+            name = f"{step}{light}"
+            if semi is None or not rows:
+                continue
+            if f"{name}_epochs" not in budget:
+                semi_fold, labelled_file = semi
+                budget[name], budget[f"{name}_epochs"] = _calibrate_smitunet(
+                    args, name, ["-tr", PLUGIN_TRAINERS.get(trainer, trainer), "--labelled_cases", labelled_file]
+                    + (["-p", LIGHT_PLANS] if light else []), semi_fold, budget_s, iters_cal)
+            # the warm-up steps cost what a labelled-only step costs, the rest a semi-supervised step
+            mixed, plain, key = budget.get(name), budget.get(f"smitunet{light}"), f"{name}_warmup_epochs"
+            if mixed and plain and key not in budget:
+                share = SMITSemiSupervisedTrainer.supervised_warmup_fraction
+                blended = dict(mixed, train_s_per_iter=share * plain["train_s_per_iter"]
+                               + (1 - share) * mixed["train_s_per_iter"])
+                budget[key] = budget_epochs(blended, iters_cal, args.iters_per_epoch, budget_s)
     results["budget"] = budget
     return budget
 

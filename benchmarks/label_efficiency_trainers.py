@@ -32,9 +32,18 @@ class SMITSemiSupervisedTrainerNoWarmup(SMITSemiSupervisedTrainer):
     supervised_warmup_fraction = 0.0
     deep_supervision = False
     pseudo_largest_component = False
+    labelled_step = False
 
 
 class SMITSemiSupervisedTrainerNoLCC(SMITSemiSupervisedTrainer):
     """The second version: the labelled-only warm-up, but every pseudo-labelled component kept."""
 
     pseudo_largest_component = False
+    labelled_step = False
+
+
+class SMITSemiSupervisedTrainerMixedOnly(SMITSemiSupervisedTrainer):
+    """The third version: the warm-up and largest-component pseudo-labels, but after the warm-up the student sees
+    the mixed crops only (BCP's step), not the whole labelled crops beside them."""
+
+    labelled_step = False

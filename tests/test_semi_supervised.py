@@ -223,3 +223,46 @@ def test_pseudo_labels_keep_the_largest_component_of_each_class():
     expected = pseudo.clone()
     expected[0, 0, 6:, 6:, 6:] = 0
     assert out.dtype == pseudo.dtype and torch.equal(out, expected)
+
+
+class SeenInputs(NoWarmup):
+    """Records, per step, the labelled batch and what the student's forward pass received."""
+
+    steps: list = []
+
+    def on_train_start(self):
+        super().on_train_start()
+        def record(module, args):
+            if module.training:  # not the validation's passes
+                SeenInputs.steps[-1].append(args[0].detach().clone())
+        self.network.register_forward_pre_hook(record)
+
+    def train_step(self, batch):
+        SeenInputs.steps.append([batch["data"].clone()])
+        return super().train_step(batch)
+
+
+class SeenInputsMixedOnly(SeenInputs):
+    labelled_step = False
+
+
+def test_semi_step_keeps_the_labelled_crops_whole_beside_the_mixed_ones(dataset, tmp_path, monkeypatch):
+    """Default step: one forward pass over the labelled crops as they are, then the mixed crops; the mixed-only
+    ablation (BCP's step) sees the mixed crops alone."""
+    import sys
+
+    sys.modules[__name__].SeenInputs, sys.modules[__name__].SeenInputsMixedOnly = SeenInputs, SeenInputsMixedOnly
+    seen = {}
+    for trainer in ("SeenInputs", "SeenInputsMixedOnly"):
+        SeenInputs.steps = []
+        monkeypatch.setenv("smitunet_results", str(tmp_path / trainer))
+        _train(f"{__name__}:{trainer}", tmp_path, 1)
+        seen[trainer] = SeenInputs.steps
+    assert len(seen["SeenInputs"]) == len(seen["SeenInputsMixedOnly"]) == 2
+    assert all(len(s) == 2 for steps in seen.values() for s in steps)  # one student pass per step
+    for (labelled, inputs), (labelled_m, inputs_m) in zip(seen["SeenInputs"], seen["SeenInputsMixedOnly"]):
+        b = labelled.shape[0]
+        assert inputs.shape[0] == 2 * b and torch.equal(inputs[:b], labelled)
+        assert torch.equal(labelled, labelled_m) and inputs_m.shape[0] == b
+        assert torch.equal(inputs[b:], inputs_m)  # the same mixed crops in both (same seeds, same first step)
+        assert not torch.equal(inputs_m, labelled_m)

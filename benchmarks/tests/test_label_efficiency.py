@@ -164,8 +164,18 @@ def test_light_rows_compare_with_scratch_of_the_same_decoder():
 def test_semi_rows_with_the_warmup_get_the_blended_budget():
     import label_efficiency as le
 
-    assert [le.budget_key(r) for r in ("scratch", "smit_light", "semi", "semi_smit_light", "semi_nowarmup")] == [
-        "smitunet_epochs", "smitunet_light_epochs", "semi_warmup_epochs", "semi_light_warmup_epochs", "semi_epochs"]
+    rows = ("scratch", "smit_light", "semi", "semi_smit_light", "semi_nowarmup", "semi_nolcc", "semi_mixedonly_light")
+    assert [le.budget_key(r) for r in rows] == [
+        "smitunet_epochs", "smitunet_light_epochs", "semi_warmup_epochs", "semi_light_warmup_epochs",
+        "semi_mixedonly_epochs", "semi_mixedonly_warmup_epochs", "semi_mixedonly_light_warmup_epochs"]
+    # each row's trainer has the step its budget was calibrated with
+    import label_efficiency_trainers as trainers
+    from smitunet.training.semi_supervised import SMITSemiSupervisedTrainer
+
+    for row in ("semi", "semi_smit", "semi_nowarmup", "semi_nolcc", "semi_mixedonly"):
+        name = le.SMITUNET_ROWS[row][1]
+        cls = getattr(trainers, name, SMITSemiSupervisedTrainer)
+        assert cls.labelled_step == (le.SEMI_STEP[row] == "semi"), row
 
 
 def _write_labels(path: Path, array) -> None:
