@@ -176,7 +176,8 @@ def plot(results: dict, path: Path, curves_path: Path | None = None) -> None:
     table = summarise(results)
     fig, ax = plt.subplots(figsize=(11, 4.5))
     rows = sorted({row for rows in table.values() for row in rows})
-    for row in rows:
+    colours = plt.get_cmap("tab20").colors  # more rows than tab10's 10 colours; each row its own
+    for i, row in enumerate(rows):
         points = sorted((n, table[n][row]) for n in table if row in table[n])
         if not points:
             continue
@@ -184,8 +185,9 @@ def plot(results: dict, path: Path, curves_path: Path | None = None) -> None:
         means = [100 * e["dice_mean"] for _, e in points]
         lows = [100 * min(e["dice"]) for _, e in points]
         highs = [100 * max(e["dice"]) for _, e in points]
-        ax.plot(xs, means, marker="o", label=row_title(row))
-        ax.fill_between(xs, lows, highs, alpha=0.15)
+        colour = colours[(2 * i) % 20 + (2 * i) // 20 % 2]  # the dark tones first, then the light ones
+        ax.plot(xs, means, marker="o", label=row_title(row), color=colour)
+        ax.fill_between(xs, lows, highs, alpha=0.15, color=colour)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("labelled cases")
     ax.set_ylabel("Dice (points), mean; band: min-max over seeds")
