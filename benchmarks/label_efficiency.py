@@ -87,14 +87,20 @@ def plans_of(row: str) -> str:
     return LIGHT_PLANS if row.endswith(LIGHT) else "smitunetPlans"
 
 
-def budget_key(row: str) -> str:
+def semi_step(row: str) -> str | None:
+    """The calibrated step of a semi-supervised row (``semi``, ``semi_mixedonly``, + ``_light``); None for others."""
     light = LIGHT if row.endswith(LIGHT) else ""
     base = row[: -len(LIGHT)] if light else row
-    if base == "semi_nowarmup":
-        return f"{SEMI_STEP[base]}{light}_epochs"
-    if base in SEMI_STEP:  # a labelled-only warm-up first: cheaper steps, so more of them
-        return f"{SEMI_STEP[base]}{light}_warmup_epochs"
-    return f"smitunet{light}_epochs"
+    return f"{SEMI_STEP[base]}{light}" if base in SEMI_STEP else None
+
+
+def budget_key(row: str) -> str:
+    step = semi_step(row)
+    if step is None:
+        return f"smitunet{LIGHT if row.endswith(LIGHT) else ''}_epochs"
+    if row.startswith("semi_nowarmup"):
+        return f"{step}_epochs"
+    return f"{step}_warmup_epochs"  # a labelled-only warm-up first: cheaper steps, so more of them
 
 
 PROTOCOLS = {
@@ -358,25 +364,21 @@ def calibrate(args, results: dict, fold: int, nnunet_plans: str | None, semi: tu
     if light and "smitunet_light_epochs" not in budget:
         budget["smitunet_light"], budget["smitunet_light_epochs"] = _calibrate_smitunet(
             args, "smitunet_light", ["-p", LIGHT_PLANS], fold, budget_s, iters_cal)
-    for step, trainer in SEMI_STEP_TRAINER.items():
-        for light in ("", LIGHT):
-            rows = {r for r in semi_rows if r.endswith(LIGHT) == bool(light)
-                    and SEMI_STEP[r[: -len(LIGHT)] if light else r] == step}
-            name = f"{step}{light}"
-            if semi is None or not rows:
-                continue
-            if f"{name}_epochs" not in budget:
-                semi_fold, labelled_file = semi
-                budget[name], budget[f"{name}_epochs"] = _calibrate_smitunet(
-                    args, name, ["-tr", PLUGIN_TRAINERS.get(trainer, trainer), "--labelled_cases", labelled_file]
-                    + (["-p", LIGHT_PLANS] if light else []), semi_fold, budget_s, iters_cal)
-            # the warm-up steps cost what a labelled-only step costs, the rest a semi-supervised step
-            mixed, plain, key = budget.get(name), budget.get(f"smitunet{light}"), f"{name}_warmup_epochs"
-            if mixed and plain and key not in budget:
-                share = SMITSemiSupervisedTrainer.supervised_warmup_fraction
-                blended = dict(mixed, train_s_per_iter=share * plain["train_s_per_iter"]
-                               + (1 - share) * mixed["train_s_per_iter"])
-                budget[key] = budget_epochs(blended, iters_cal, args.iters_per_epoch, budget_s)
+    for name in sorted({semi_step(r) for r in semi_rows} if semi is not None else ()):
+        light = LIGHT if name.endswith(LIGHT) else ""
+        trainer = SEMI_STEP_TRAINER[name[: -len(LIGHT)] if light else name]
+        if f"{name}_epochs" not in budget:
+            semi_fold, labelled_file = semi
+            budget[name], budget[f"{name}_epochs"] = _calibrate_smitunet(
+                args, name, ["-tr", PLUGIN_TRAINERS.get(trainer, trainer), "--labelled_cases", labelled_file]
+                + (["-p", LIGHT_PLANS] if light else []), semi_fold, budget_s, iters_cal)
+        # the warm-up steps cost what a labelled-only step costs, the rest a semi-supervised step
+        mixed, plain, key = budget.get(name), budget.get(f"smitunet{light}"), f"{name}_warmup_epochs"
+        if mixed and plain and key not in budget:
+            share = SMITSemiSupervisedTrainer.supervised_warmup_fraction
+            blended = dict(mixed, train_s_per_iter=share * plain["train_s_per_iter"]
+                           + (1 - share) * mixed["train_s_per_iter"])
+            budget[key] = budget_epochs(blended, iters_cal, args.iters_per_epoch, budget_s)
     results["budget"] = budget
     return budget
 
