@@ -57,7 +57,8 @@ from smitunet.training.semi_supervised import SMITSemiSupervisedTrainer  # noqa:
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_TRAINERS = {name: f"label_efficiency_trainers:{name}" for name in (
     "SMITTrainerFrozenEncoder", "SMITTrainerUniformLR", "SMITTrainerEncoderWarmup",
-    "SMITSemiSupervisedTrainerNoWarmup", "SMITSemiSupervisedTrainerNoLCC", "SMITSemiSupervisedTrainerMixedOnly")}
+    "SMITSemiSupervisedTrainerNoWarmup", "SMITSemiSupervisedTrainerNoLCC", "SMITSemiSupervisedTrainerMixedOnly",
+    "SMITSemiSupervisedTrainerVoxelWeight")}
 METHODS = ("smit", "smart", "gmim")
 # row -> (pretraining method or None, trainer); nnunet is nnU-Net's own trainer
 SMITUNET_ROWS = {"scratch": (None, "SMITTrainer"), "upper": (None, "SMITTrainer"),
@@ -67,7 +68,8 @@ SMITUNET_ROWS = {"scratch": (None, "SMITTrainer"), "upper": (None, "SMITTrainer"
                  "semi": (None, "SMITSemiSupervisedTrainer"), "semi_smit": ("smit", "SMITSemiSupervisedTrainer"),
                  "semi_nowarmup": (None, "SMITSemiSupervisedTrainerNoWarmup"),
                  "semi_nolcc": (None, "SMITSemiSupervisedTrainerNoLCC"),
-                 "semi_mixedonly": (None, "SMITSemiSupervisedTrainerMixedOnly")}
+                 "semi_mixedonly": (None, "SMITSemiSupervisedTrainerMixedOnly"),
+                 "semi_voxelweight": (None, "SMITSemiSupervisedTrainerVoxelWeight")}
 # Every row also exists with the light decoder ("<row>_light"): the same plans (patch, strides, spacing) with
 # decoder "light", so the encoder carries the representation; the same pretraining.
 LIGHT = "_light"
@@ -77,7 +79,7 @@ SMITUNET_ROWS |= {f"{row}{LIGHT}": spec for row, spec in SMITUNET_ROWS.items()}
 # the step each semi-supervised row calibrates its budget with: today's (labelled crops beside the mixed ones) or
 # the mixed crops only (the first three versions)
 SEMI_STEP = {"semi": "semi", "semi_smit": "semi", "semi_nowarmup": "semi_mixedonly", "semi_nolcc": "semi_mixedonly",
-             "semi_mixedonly": "semi_mixedonly"}
+             "semi_mixedonly": "semi_mixedonly", "semi_voxelweight": "semi"}
 SEMI_STEP_TRAINER = {"semi": "SMITSemiSupervisedTrainer", "semi_mixedonly": "SMITSemiSupervisedTrainerMixedOnly"}
 SEMI_ROWS = tuple(r + light for light in ("", LIGHT) for r in SEMI_STEP)
 ROWS = (*SMITUNET_ROWS, "nnunet")

@@ -1,5 +1,9 @@
 """Fine-tuning variants compared by ``label_efficiency.py`` (loaded with ``-tr label_efficiency_trainers:Name``)."""
 
+import torch
+import torch.nn.functional as F
+
+from smitunet.training.losses import deep_supervision_weights, downsample_target
 from smitunet.training.semi_supervised import SMITSemiSupervisedTrainer
 from smitunet.training.trainer import SMITTrainer
 
@@ -25,7 +29,37 @@ class SMITTrainerEncoderWarmup(SMITTrainer):
         return self.num_epochs * self.iters_per_epoch // 10
 
 
-class SMITSemiSupervisedTrainerNoWarmup(SMITSemiSupervisedTrainer):
+def voxel_weighted_dice_ce(logits, target, weight, smooth=1e-5):
+    """The first four versions' mixed-crop loss: cross-entropy plus per-sample soft Dice with the pseudo-label
+    weight on each voxel. Within a crop that weight cancels out of the Dice ratio, so the ramp and alpha hardly
+    acted on the Dice term."""
+    logits, target, w = logits.float(), target[:, 0].long(), weight[:, 0].float()
+    ce = (F.cross_entropy(logits, target, reduction="none") * w).sum() / w.sum().clamp(min=1.0)
+    probs = torch.softmax(logits, 1)[:, 1:]
+    onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].to(probs.dtype)
+    axes, wb = tuple(range(2, logits.ndim)), w[:, None]
+    dice = (2 * (probs * onehot * wb).sum(axes) + smooth) / ((probs * wb).sum(axes) + (onehot * wb).sum(axes) + smooth)
+    return ce + (1 - dice.mean())
+
+
+class SMITSemiSupervisedTrainerVoxelWeight(SMITSemiSupervisedTrainer):
+    """The fourth version: the labelled crops whole beside the mixed ones, but the mixed-crop loss weights the
+    pseudo-labelled voxels (weight 1 labelled, alpha x ramp pseudo-labelled) inside one loss."""
+
+    def mixed_loss(self, output, target, labelled_region, pseudo_region):
+        weight = labelled_region + self.unlabelled_scale() * pseudo_region
+        outputs = list(output) if isinstance(output, (list, tuple)) else [output]
+        outputs = outputs if self.deep_supervision else outputs[:1]
+        total = 0.0
+        for w, logits in zip(deep_supervision_weights(len(outputs)), outputs):
+            if w:
+                shape = logits.shape[2:]
+                total = total + w * voxel_weighted_dice_ce(logits, downsample_target(target, shape),
+                                                           downsample_target(weight, shape))
+        return total
+
+
+class SMITSemiSupervisedTrainerNoWarmup(SMITSemiSupervisedTrainerVoxelWeight):
     """The first version of the semi-supervised trainer: mixed crops from the first step (a teacher that knows
     nothing yet) and the loss on the finest output only."""
 
@@ -35,14 +69,14 @@ class SMITSemiSupervisedTrainerNoWarmup(SMITSemiSupervisedTrainer):
     labelled_step = False
 
 
-class SMITSemiSupervisedTrainerNoLCC(SMITSemiSupervisedTrainer):
+class SMITSemiSupervisedTrainerNoLCC(SMITSemiSupervisedTrainerVoxelWeight):
     """The second version: the labelled-only warm-up, but every pseudo-labelled component kept."""
 
     pseudo_largest_component = False
     labelled_step = False
 
 
-class SMITSemiSupervisedTrainerMixedOnly(SMITSemiSupervisedTrainer):
+class SMITSemiSupervisedTrainerMixedOnly(SMITSemiSupervisedTrainerVoxelWeight):
     """The third version: the warm-up and largest-component pseudo-labels, but after the warm-up the student sees
     the mixed crops only (BCP's step), not the whole labelled crops beside them."""
 

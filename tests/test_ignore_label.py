@@ -266,14 +266,15 @@ def test_mostly_ignored_dataset_trains_and_predicts_without_the_ignore_value(smi
         assert IGNORE not in np.unique(pred)
 
 
-def test_semi_supervised_mixed_target_gives_ignored_labelled_voxels_no_weight():
+def test_semi_supervised_mixed_target_leaves_ignored_labelled_voxels_out_of_both_regions():
     from smitunet.training.semi_supervised import mixed_target
 
-    labels = torch.tensor([[[[[0, 1, IGNORE, 2]]]]])
-    pseudo = torch.tensor([[[[[2, 2, 1, 1]]]]])
-    from_labelled = torch.tensor([[[[[1.0, 1.0, 1.0, 0.0]]]]])
-    unlabelled_weight = torch.full((1, 1, 1, 1, 4), 0.5)
-    target, weight = mixed_target(labels, pseudo, from_labelled, unlabelled_weight, IGNORE)
-    assert target.flatten().tolist() == [0, 1, 0, 1] and weight.flatten().tolist() == [1.0, 1.0, 0.0, 0.5]
-    target, weight = mixed_target(labels, pseudo, from_labelled, unlabelled_weight)  # no ignore label: as before
-    assert target.flatten().tolist() == [0, 1, IGNORE, 1] and weight.flatten().tolist() == [1.0, 1.0, 1.0, 0.5]
+    labels = torch.tensor([[[[[0, 1, IGNORE, 2, 2]]]]])
+    pseudo = torch.tensor([[[[[2, 2, 1, 1, 1]]]]])
+    from_labelled = torch.tensor([[[[[1.0, 1.0, 1.0, 0.0, 0.0]]]]])
+    confident = torch.tensor([[[[[True, True, True, True, False]]]]])
+    target, labelled, pseudo_region = mixed_target(labels, pseudo, from_labelled, confident, IGNORE)
+    assert target.flatten().tolist() == [0, 1, 0, 1, 1]
+    assert labelled.flatten().tolist() == [1, 1, 0, 0, 0] and pseudo_region.flatten().tolist() == [0, 0, 0, 1, 0]
+    target, labelled, pseudo_region = mixed_target(labels, pseudo, from_labelled, confident)  # no ignore label
+    assert target.flatten().tolist() == [0, 1, IGNORE, 1, 1] and labelled.flatten().tolist() == [1, 1, 1, 0, 0]

@@ -10,7 +10,7 @@ from smitunet.checkpoint_io import load_checkpoint
 from smitunet.training.cli import main as train_main
 from smitunet.training.semi_supervised import (SMITSemiSupervisedTrainer, copy_paste, cuboid_mask, ema_update,
                                                 largest_component_pseudo_labels,
-                                                rampup, weighted_dice_ce)
+                                                rampup, region_dice_ce)
 from support.training import fold_dir, make_preprocessed_dataset
 
 SEMI = "SMITSemiSupervisedTrainer"
@@ -33,15 +33,50 @@ def test_cuboid_mask_and_bidirectional_copy_paste_by_value():
     assert torch.equal(target[0, 0][inside], torch.full((8,), 2)) and torch.equal(target[1, 0][inside], torch.ones(8, dtype=torch.long))
 
 
-def test_weighted_loss_ignores_zero_weight_voxels_and_ramp():
-    logits = torch.randn(1, 3, 4, 4, 4)
-    target = torch.randint(0, 3, (1, 1, 4, 4, 4))
-    weight = torch.ones(1, 1, 4, 4, 4)
-    weight[..., :2] = 0
+def test_region_loss_ignores_voxels_outside_the_region_and_ramp():
+    logits = torch.randn(2, 3, 4, 4, 4)
+    target = torch.randint(0, 3, (2, 1, 4, 4, 4))
+    region = torch.ones(2, 1, 4, 4, 4)
+    region[..., :2] = 0
     other = target.clone()
-    other[..., :2] = (other[..., :2] + 1) % 3   # changes only zero-weight voxels
-    assert torch.allclose(weighted_dice_ce(logits, target, weight), weighted_dice_ce(logits, other, weight))
+    other[..., :2] = (other[..., :2] + 1) % 3   # changes only voxels outside the region
+    assert torch.allclose(region_dice_ce(logits, target, region), region_dice_ce(logits, other, region))
+    assert region_dice_ce(logits, target, torch.zeros_like(region)) == 0   # an empty region teaches nothing
     assert rampup(0, 100, 0.4) == pytest.approx(np.exp(-5)) and rampup(40, 100, 0.4) == 1.0
+
+
+def test_region_loss_by_value_dice_pooled_over_the_batch():
+    # 2 classes, 2 samples of 2 voxels; logits give p(foreground) = 0.5 at every voxel (log-odds 0)
+    logits = torch.zeros(2, 2, 2, 1, 1)
+    target = torch.tensor([1, 0, 0, 0]).view(2, 1, 2, 1, 1)
+    region = torch.tensor([1.0, 1.0, 1.0, 0.0]).view(2, 1, 2, 1, 1)
+    ce = np.log(2)                                   # every region voxel: -log 0.5
+    dice = (2 * 0.5 + 1e-5) / ((0.5 * 3) + 1 + 1e-5)  # pooled: intersection 0.5, predicted 1.5, reference 1
+    assert float(region_dice_ce(logits, target, region)) == pytest.approx(ce + 1 - dice, rel=1e-6)
+
+
+def test_the_unlabelled_weight_scales_the_pseudo_labelled_loss_not_its_voxels():
+    """A weight on voxels cancels out of a Dice ratio; the pseudo-labelled region's loss is weighted as a whole, so
+    halving the weight halves its part of the mixed loss."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 4, 4, 4)
+    target = torch.randint(0, 2, (2, 1, 4, 4, 4))
+    labelled = torch.zeros(2, 1, 4, 4, 4)
+    labelled[..., :2] = 1
+    pseudo = 1 - labelled
+
+    class Probe(SMITSemiSupervisedTrainer):
+        def __init__(self, scale):  # no context needed for the loss alone
+            self.deep_supervision, self.scale = False, scale
+
+        def unlabelled_scale(self):
+            return self.scale
+
+    whole = Probe(1.0).mixed_loss(logits, target, labelled, pseudo)
+    half = Probe(0.5).mixed_loss(logits, target, labelled, pseudo)
+    alone = region_dice_ce(logits, target, labelled)
+    assert float(whole - alone) == pytest.approx(2 * float(half - alone), rel=1e-5)
+    assert float(Probe(0.0).mixed_loss(logits, target, labelled, pseudo)) == pytest.approx(float(alone))
 
 
 def test_teacher_gets_no_gradient_and_follows_the_ema_formula():

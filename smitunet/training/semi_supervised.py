@@ -10,10 +10,11 @@ unlabelled crop j, in alternating directions (BCP, Bai et al. CVPR 2023):
 - odd j: the unlabelled crop with the labelled crop's cuboid pasted in.
 
 The student learns from the labelled crops as they are (the loss of ``SMITTrainer``) and, in the same forward pass,
-from the mixed crops: labelled voxels against their labels (weight 1), unlabelled voxels against
-the teacher's pseudo-labels (the arg-max of the teacher on the unmixed unlabelled crop), weighted by
-``unlabelled_weight`` times a ramp ``exp(-5 (1 - t/T)^2)`` over the first ``rampup_fraction`` of the run, and only
-where the teacher's probability reaches ``confidence``. The teacher is an exponential moving average of the student
+from the mixed crops, with two losses as in BCP: one over the labelled voxels against their labels, plus one over the
+unlabelled voxels where the teacher's probability reaches ``confidence``, against its pseudo-labels (the arg-max of
+the teacher on the unmixed unlabelled crop), times ``unlabelled_weight`` and a ramp ``exp(-5 (1 - t/T)^2)`` over the
+first ``rampup_fraction`` of the run. The weight multiplies the second loss, not its voxels: inside one Dice ratio a
+per-voxel weight cancels out, and the pseudo-labels then taught at full strength from the first mixed step. The teacher is an exponential moving average of the student
 (``teacher_momentum``), receives no gradients, and is kept in every checkpoint, so ``--c`` resumes exactly.
 Checkpoints hold the student's weights: ``smitunet_predict`` and the fold validation use the student (BCP's
 choice; the teacher trails it by about 1 / (1 - momentum) steps).
@@ -73,18 +74,20 @@ def copy_paste(labelled: torch.Tensor, unlabelled: torch.Tensor, mask: torch.Ten
     return mixed, from_labelled
 
 
-def weighted_dice_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
-    """Cross-entropy plus soft Dice (foreground classes, per sample) with per-voxel weights (B, 1, *spatial)."""
+def region_dice_ce(logits: torch.Tensor, target: torch.Tensor, region: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """Cross-entropy plus soft Dice (foreground classes) over the voxels where ``region`` (B, 1, *spatial) is 1,
+    both normalised over the region alone and the Dice pooled over the batch (BCP's masked losses). A weight on
+    the region's voxels would cancel out of the Dice ratio, so callers weight the returned value instead."""
     logits = logits.float()
     target = target[:, 0].long()
-    w = weight[:, 0].float()
-    ce = (F.cross_entropy(logits, target, reduction="none") * w).sum() / w.sum().clamp(min=1.0)
+    m = region[:, 0].float()
+    ce = (F.cross_entropy(logits, target, reduction="none") * m).sum() / m.sum().clamp(min=1.0)
     probs = torch.softmax(logits, 1)[:, 1:]
     onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].to(probs.dtype)
-    axes = tuple(range(2, logits.ndim))
-    wb = w[:, None]
-    intersection = (probs * onehot * wb).sum(axes)
-    denominator = (probs * wb).sum(axes) + (onehot * wb).sum(axes)
+    axes = (0, *range(2, logits.ndim))
+    mb = m[:, None]
+    intersection = (probs * onehot * mb).sum(axes)
+    denominator = (probs * mb).sum(axes) + (onehot * mb).sum(axes)
     dice = (2 * intersection + smooth) / (denominator + smooth)
     return ce + (1 - dice.mean())
 
@@ -100,19 +103,19 @@ def largest_component_pseudo_labels(pseudo: torch.Tensor, foreground: list[int])
     return torch.from_numpy(cleaned).to(pseudo.device, pseudo.dtype)
 
 
-def mixed_target(labels: torch.Tensor, pseudo: torch.Tensor, from_labelled: torch.Tensor,
-                 unlabelled_weight: torch.Tensor, ignore_label: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Target and per-voxel weight (B, 1, *spatial) of the mixed crops: labelled voxels against their labels
-    (weight 1; voxels of the ignore label weight 0, with a stand-in class so one-hot stays in range), the others
-    against the teacher's pseudo-labels with ``unlabelled_weight``."""
+def mixed_target(labels: torch.Tensor, pseudo: torch.Tensor, from_labelled: torch.Tensor, confident: torch.Tensor,
+                 ignore_label: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Target of the mixed crops and its two regions (B, 1, *spatial, 0/1): the labelled voxels, against their
+    labels (less those of the ignore label, whose target gets a stand-in class so one-hot stays in range), and the
+    unlabelled voxels where the teacher is ``confident``, against its pseudo-labels."""
     take = from_labelled.bool()
     target = torch.where(take, labels.long(), pseudo)
-    weight = from_labelled + (1 - from_labelled) * unlabelled_weight
+    labelled_region = take
     if ignore_label is not None:
         ignored = take & (labels == ignore_label)
         target = target.masked_fill(ignored, 0)
-        weight = weight.masked_fill(ignored, 0.0)
-    return target, weight
+        labelled_region = take & ~ignored
+    return target, labelled_region.float(), (~take & confident.bool()).float()
 
 
 def split_output(output, first: int):
@@ -206,19 +209,22 @@ class SMITSemiSupervisedTrainer(SMITTrainer):
         total = self.num_epochs * self.iters_per_epoch - warmup
         return self.unlabelled_weight * rampup(self.iteration - warmup, total, self.rampup_fraction)
 
-    def mixed_loss(self, output, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """``weighted_dice_ce`` on the finest output, or on every deep-supervision output with the target and the
-        weights brought to its size (nearest), weighted as the labelled-only loss weights them."""
+    def mixed_loss(self, output, target: torch.Tensor, labelled_region: torch.Tensor,
+                   pseudo_region: torch.Tensor) -> torch.Tensor:
+        """``region_dice_ce`` of the labelled region plus ``unlabelled_scale()`` times that of the pseudo-labelled
+        region, on the finest output or on every deep-supervision output (target and regions brought to its size,
+        nearest), weighted as the labelled-only loss weights them."""
         outputs = list(output) if isinstance(output, (list, tuple)) else [output]
         if not self.deep_supervision:
             outputs = outputs[:1]
-        total = 0.0
+        total, scale = 0.0, self.unlabelled_scale()
         for w, logits in zip(deep_supervision_weights(len(outputs)), outputs):
             if w == 0:
                 continue
             shape = logits.shape[2:]
-            total = total + w * weighted_dice_ce(logits, downsample_target(target, shape),
-                                                 downsample_target(weight, shape))
+            t = downsample_target(target, shape)
+            total = total + w * (region_dice_ce(logits, t, downsample_target(labelled_region, shape))
+                                 + scale * region_dice_ce(logits, t, downsample_target(pseudo_region, shape)))
         return total
 
     def train_step(self, batch: dict) -> float:
@@ -242,17 +248,16 @@ class SMITSemiSupervisedTrainer(SMITTrainer):
         rng = np.random.default_rng([self.options.seed, self.iteration, 17])
         mask = cuboid_mask(labelled.shape[2:], self.mix_fraction, rng).to(self.device)
         mixed, from_labelled = copy_paste(labelled, unlabelled, mask)
-        target, weight = mixed_target(labels, pseudo, from_labelled,
-                                      self.unlabelled_scale() * (confident >= self.confidence).float(),
-                                      self.plans.ignore_label)
+        target, labelled_region, pseudo_region = mixed_target(labels, pseudo, from_labelled,
+                                                              confident >= self.confidence, self.plans.ignore_label)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             if self.labelled_step:  # one forward pass over both (instance norm: each crop is normalised alone)
                 output = self.model(torch.cat([labelled, mixed]))
                 whole, mixed_output = split_output(output, labelled.shape[0])
-                loss = self.loss(whole, labels) + self.mixed_loss(mixed_output, target, weight)
+                loss = self.loss(whole, labels) + self.mixed_loss(mixed_output, target, labelled_region, pseudo_region)
             else:
-                loss = self.mixed_loss(self.model(mixed), target, weight)
+                loss = self.mixed_loss(self.model(mixed), target, labelled_region, pseudo_region)
         self.optimize(loss)
         ema_update(self.teacher, self.network, self.teacher_momentum)
         return float(loss.detach())
