@@ -29,6 +29,8 @@ ROW_TITLES = {
     "semi_nolcc": "smitunet semi-supervised, warm-up, every pseudo-label component kept (second version), from scratch",
     "semi_mixedonly": "smitunet semi-supervised, warm-up, mixed crops only (third version), from scratch",
     "semi_voxelweight": "smitunet semi-supervised, labelled crops whole + mixed, pseudo-label weight per voxel (fourth version), from scratch",
+    "semi_nomix": "diagnosis: semi-supervised without copy-paste (mean-teacher pseudo-labels on whole crops), from scratch",
+    "semi_nopseudo": "diagnosis: semi-supervised copy-paste without the pseudo-label loss, from scratch",
 }
 LIGHT = "_light"             # the same row with the light decoder (see label_efficiency.py)
 CONVERGENCE_TAIL = 0.2   # the scratch row must gain < 1 point of validation Dice over this last share

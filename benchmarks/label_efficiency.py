@@ -58,7 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 PLUGIN_TRAINERS = {name: f"label_efficiency_trainers:{name}" for name in (
     "SMITTrainerFrozenEncoder", "SMITTrainerUniformLR", "SMITTrainerEncoderWarmup",
     "SMITSemiSupervisedTrainerNoWarmup", "SMITSemiSupervisedTrainerNoLCC", "SMITSemiSupervisedTrainerMixedOnly",
-    "SMITSemiSupervisedTrainerVoxelWeight")}
+    "SMITSemiSupervisedTrainerVoxelWeight", "SMITSemiSupervisedTrainerNoMix", "SMITSemiSupervisedTrainerNoPseudo")}
 METHODS = ("smit", "smart", "gmim")
 # row -> (pretraining method or None, trainer); nnunet is nnU-Net's own trainer
 SMITUNET_ROWS = {"scratch": (None, "SMITTrainer"), "upper": (None, "SMITTrainer"),
@@ -69,7 +69,9 @@ SMITUNET_ROWS = {"scratch": (None, "SMITTrainer"), "upper": (None, "SMITTrainer"
                  "semi_nowarmup": (None, "SMITSemiSupervisedTrainerNoWarmup"),
                  "semi_nolcc": (None, "SMITSemiSupervisedTrainerNoLCC"),
                  "semi_mixedonly": (None, "SMITSemiSupervisedTrainerMixedOnly"),
-                 "semi_voxelweight": (None, "SMITSemiSupervisedTrainerVoxelWeight")}
+                 "semi_voxelweight": (None, "SMITSemiSupervisedTrainerVoxelWeight"),
+                 "semi_nomix": (None, "SMITSemiSupervisedTrainerNoMix"),
+                 "semi_nopseudo": (None, "SMITSemiSupervisedTrainerNoPseudo")}
 # Every row also exists with the light decoder ("<row>_light"): the same plans (patch, strides, spacing) with
 # decoder "light", so the encoder carries the representation; the same pretraining.
 LIGHT = "_light"
@@ -79,7 +81,8 @@ SMITUNET_ROWS |= {f"{row}{LIGHT}": spec for row, spec in SMITUNET_ROWS.items()}
 # the step each semi-supervised row calibrates its budget with: today's (labelled crops beside the mixed ones) or
 # the mixed crops only (the first three versions)
 SEMI_STEP = {"semi": "semi", "semi_smit": "semi", "semi_nowarmup": "semi_mixedonly", "semi_nolcc": "semi_mixedonly",
-             "semi_mixedonly": "semi_mixedonly", "semi_voxelweight": "semi"}
+             "semi_mixedonly": "semi_mixedonly", "semi_voxelweight": "semi",
+             "semi_nomix": "semi", "semi_nopseudo": "semi"}
 SEMI_STEP_TRAINER = {"semi": "SMITSemiSupervisedTrainer", "semi_mixedonly": "SMITSemiSupervisedTrainerMixedOnly"}
 SEMI_ROWS = tuple(r + light for light in ("", LIGHT) for r in SEMI_STEP)
 ROWS = (*SMITUNET_ROWS, "nnunet")

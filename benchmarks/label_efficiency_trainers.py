@@ -81,3 +81,17 @@ class SMITSemiSupervisedTrainerMixedOnly(SMITSemiSupervisedTrainerVoxelWeight):
     the mixed crops only (BCP's step), not the whole labelled crops beside them."""
 
     labelled_step = False
+
+
+class SMITSemiSupervisedTrainerNoMix(SMITSemiSupervisedTrainer):
+    """Diagnosis: no copy-paste. The cuboid shrinks to one voxel, so a pair is the labelled crop or the unlabelled
+    crop as it is, the latter against the teacher's pseudo-labels: mean-teacher self-training."""
+
+    mix_fraction = 0.0
+
+
+class SMITSemiSupervisedTrainerNoPseudo(SMITSemiSupervisedTrainer):
+    """Diagnosis: the copy-paste images, but no pseudo-label loss: only the labelled voxels of the mixed crops
+    teach."""
+
+    unlabelled_weight = 0.0
