@@ -1,10 +1,6 @@
 """Fine-tuning variants compared by ``label_efficiency.py`` (loaded with ``-tr label_efficiency_trainers:Name``)."""
 
-import torch
-import torch.nn.functional as F
-
-from smitunet.training.losses import deep_supervision_weights, downsample_target
-from smitunet.training.semi_supervised import SMITSemiSupervisedTrainer
+from smitunet.training.semi_supervised import SMITSemiSupervisedTrainer, region_dice_ce
 from smitunet.training.trainer import SMITTrainer
 
 
@@ -29,34 +25,13 @@ class SMITTrainerEncoderWarmup(SMITTrainer):
         return self.num_epochs * self.iters_per_epoch // 10
 
 
-def voxel_weighted_dice_ce(logits, target, weight, smooth=1e-5):
-    """The first four versions' mixed-crop loss: cross-entropy plus per-sample soft Dice with the pseudo-label
-    weight on each voxel. Within a crop that weight cancels out of the Dice ratio, so the ramp and alpha hardly
-    acted on the Dice term."""
-    logits, target, w = logits.float(), target[:, 0].long(), weight[:, 0].float()
-    ce = (F.cross_entropy(logits, target, reduction="none") * w).sum() / w.sum().clamp(min=1.0)
-    probs = torch.softmax(logits, 1)[:, 1:]
-    onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].to(probs.dtype)
-    axes, wb = tuple(range(2, logits.ndim)), w[:, None]
-    dice = (2 * (probs * onehot * wb).sum(axes) + smooth) / ((probs * wb).sum(axes) + (onehot * wb).sum(axes) + smooth)
-    return ce + (1 - dice.mean())
-
-
 class SMITSemiSupervisedTrainerVoxelWeight(SMITSemiSupervisedTrainer):
-    """The fourth version: the labelled crops whole beside the mixed ones, but the mixed-crop loss weights the
-    pseudo-labelled voxels (weight 1 labelled, alpha x ramp pseudo-labelled) inside one loss."""
+    """The fourth version: the labelled crops whole beside the mixed ones, but one mixed-crop loss with a weight per
+    voxel (1 labelled, alpha x ramp pseudo-labelled) and a per-sample Dice. Within a crop that weight cancels out
+    of the Dice ratio, so the ramp and alpha hardly acted on the Dice term."""
 
-    def mixed_loss(self, output, target, labelled_region, pseudo_region):
-        weight = labelled_region + self.unlabelled_scale() * pseudo_region
-        outputs = list(output) if isinstance(output, (list, tuple)) else [output]
-        outputs = outputs if self.deep_supervision else outputs[:1]
-        total = 0.0
-        for w, logits in zip(deep_supervision_weights(len(outputs)), outputs):
-            if w:
-                shape = logits.shape[2:]
-                total = total + w * voxel_weighted_dice_ce(logits, downsample_target(target, shape),
-                                                           downsample_target(weight, shape))
-        return total
+    def mixed_output_loss(self, logits, target, labelled_region, pseudo_region, scale):
+        return region_dice_ce(logits, target, labelled_region + scale * pseudo_region, batch_dice=False)
 
 
 class SMITSemiSupervisedTrainerNoWarmup(SMITSemiSupervisedTrainerVoxelWeight):

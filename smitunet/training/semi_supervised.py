@@ -14,8 +14,8 @@ from the mixed crops, with two losses as in BCP: one over the labelled voxels ag
 unlabelled voxels where the teacher's probability reaches ``confidence``, against its pseudo-labels (the arg-max of
 the teacher on the unmixed unlabelled crop), times ``unlabelled_weight`` and a ramp ``exp(-5 (1 - t/T)^2)`` over the
 first ``rampup_fraction`` of the run. The weight multiplies the second loss, not its voxels: inside one Dice ratio a
-per-voxel weight cancels out, and the pseudo-labels then taught at full strength from the first mixed step. The teacher is an exponential moving average of the student
-(``teacher_momentum``), receives no gradients, and is kept in every checkpoint, so ``--c`` resumes exactly.
+per-voxel weight cancels out, and the pseudo-labels then taught at full strength from the first mixed step. The
+teacher is an exponential moving average of the student (``teacher_momentum``), receives no gradients, and is kept in every checkpoint, so ``--c`` resumes exactly.
 Checkpoints hold the student's weights: ``smitunet_predict`` and the fold validation use the student (BCP's
 choice; the teacher trails it by about 1 / (1 - momentum) steps).
 
@@ -76,17 +76,19 @@ def copy_paste(labelled: torch.Tensor, unlabelled: torch.Tensor, mask: torch.Ten
     return mixed, from_labelled
 
 
-def region_dice_ce(logits: torch.Tensor, target: torch.Tensor, region: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+def region_dice_ce(logits: torch.Tensor, target: torch.Tensor, region: torch.Tensor, smooth: float = 1e-5,
+                   batch_dice: bool = True) -> torch.Tensor:
     """Cross-entropy plus soft Dice (foreground classes) over the voxels where ``region`` (B, 1, *spatial) is 1,
-    both normalised over the region alone and the Dice pooled over the batch (BCP's masked losses). A weight on
-    the region's voxels would cancel out of the Dice ratio, so callers weight the returned value instead."""
+    both normalised over the region alone and the Dice pooled over the batch (BCP's masked losses; per sample
+    without ``batch_dice``). A weight on the region's voxels would cancel out of the Dice ratio, so callers weight
+    the returned value instead."""
     logits = logits.float()
     target = target[:, 0].long()
     m = region[:, 0].float()
     ce = (F.cross_entropy(logits, target, reduction="none") * m).sum() / m.sum().clamp(min=1.0)
     probs = torch.softmax(logits, 1)[:, 1:]
     onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].to(probs.dtype)
-    axes = (0, *range(2, logits.ndim))
+    axes = (0, *range(2, logits.ndim)) if batch_dice else tuple(range(2, logits.ndim))
     mb = m[:, None]
     intersection = (probs * onehot * mb).sum(axes)
     denominator = (probs * mb).sum(axes) + (onehot * mb).sum(axes)
@@ -213,9 +215,8 @@ class SMITSemiSupervisedTrainer(SMITTrainer):
 
     def mixed_loss(self, output, target: torch.Tensor, labelled_region: torch.Tensor,
                    pseudo_region: torch.Tensor) -> torch.Tensor:
-        """``region_dice_ce`` of the labelled region plus ``unlabelled_scale()`` times that of the pseudo-labelled
-        region, on the finest output or on every deep-supervision output (target and regions brought to its size,
-        nearest), weighted as the labelled-only loss weights them."""
+        """``mixed_output_loss`` on the finest output, or on every deep-supervision output (target and regions
+        brought to its size, nearest), weighted as the labelled-only loss weights them."""
         outputs = list(output) if isinstance(output, (list, tuple)) else [output]
         if not self.deep_supervision:
             outputs = outputs[:1]
@@ -224,10 +225,16 @@ class SMITSemiSupervisedTrainer(SMITTrainer):
             if w == 0:
                 continue
             shape = logits.shape[2:]
-            t = downsample_target(target, shape)
-            total = total + w * (region_dice_ce(logits, t, downsample_target(labelled_region, shape))
-                                 + scale * region_dice_ce(logits, t, downsample_target(pseudo_region, shape)))
+            total = total + w * self.mixed_output_loss(logits, downsample_target(target, shape),
+                                                       downsample_target(labelled_region, shape),
+                                                       downsample_target(pseudo_region, shape), scale)
         return total
+
+    def mixed_output_loss(self, logits: torch.Tensor, target: torch.Tensor, labelled_region: torch.Tensor,
+                          pseudo_region: torch.Tensor, scale: float) -> torch.Tensor:
+        """One output's mixed-crop loss: ``region_dice_ce`` of the labelled region plus ``scale`` (the ramped
+        ``unlabelled_weight``) times that of the confident pseudo-labelled region."""
+        return region_dice_ce(logits, target, labelled_region) + scale * region_dice_ce(logits, target, pseudo_region)
 
     def train_step(self, batch: dict) -> float:
         if self.iteration < self.warmup_iterations():
