@@ -15,9 +15,9 @@ unlabelled voxels where the teacher's probability reaches ``confidence``, agains
 the teacher on the unmixed unlabelled crop), times ``unlabelled_weight`` and a ramp ``exp(-5 (1 - t/T)^2)`` over the
 first ``rampup_fraction`` of the run. The weight multiplies the second loss, not its voxels: inside one Dice ratio a
 per-voxel weight cancels out, and the pseudo-labels then taught at full strength from the first mixed step. The
-teacher is an exponential moving average of the student (``teacher_momentum``), receives no gradients, and is kept in every checkpoint, so ``--c`` resumes exactly.
-Checkpoints hold the student's weights: ``smitunet_predict`` and the fold validation use the student (BCP's
-choice; the teacher trails it by about 1 / (1 - momentum) steps).
+teacher is an exponential moving average of the student (``teacher_momentum``), receives no gradients, and is kept
+in every checkpoint, so ``--c`` resumes exactly. Checkpoints hold the student's weights: ``smitunet_predict`` and
+the fold validation use the student (BCP's choice; the teacher trails it by about 1 / (1 - momentum) steps).
 
 As in BCP's first stage, the first ``supervised_warmup_fraction`` of the run is the labelled-only step of
 ``SMITTrainer`` (the teacher follows the student by EMA meanwhile): a teacher that has not learnt anything yet only
