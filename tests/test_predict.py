@@ -107,10 +107,45 @@ def test_parts_split_cases_between_workers(smitunet_dirs, tmp_path):
     assert len(list((tmp_path / "o").glob("*.nii.gz"))) == 5
 
 
+def test_bf16_on_the_cpu_needs_onednn_bf16(monkeypatch):
+    from smitunet.inference.predictor import autocast_dtype
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.raises(SmitunetError, match="no bf16 support.*use fp32"):
+        autocast_dtype("bf16", torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no oneDNN bf16")
+def test_bf16_on_the_cpu_runs_the_tiles_under_bf16_autocast():
+    from smitunet.inference.predictor import autocast_dtype
+    from smitunet.inference.sliding_window import predict_sliding_window
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 2, 1)
+
+        def forward(self, x):
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            return self.conv(x)
+
+    data = torch.randn(1, 6, 6, 6)
+    dtype = autocast_dtype("bf16", torch.device("cpu"))
+    out = predict_sliding_window(Probe(), data, (4, 4, 4), 2, mirror_axes=None, autocast_dtype=dtype)
+    assert seen and all(s == (True, torch.bfloat16) for s in seen)
+    assert out.dtype == torch.float32 and out.shape == (2, 6, 6, 6)  # accumulators stay fp32
+    seen.clear()
+    predict_sliding_window(Probe(), data, (4, 4, 4), 2, mirror_axes=None, autocast_dtype=None)
+    assert seen and not any(enabled for enabled, _ in seen)
+
+
 def test_device_and_precision_choices():
     from smitunet.inference.predictor import autocast_dtype, resolve_device
 
-    assert autocast_dtype("fp16", torch.device("cpu")) is None  # CPU always runs fp32
+    assert autocast_dtype("fp16", torch.device("cpu")) is None  # the CPU autocasts to bf16 only
+    assert autocast_dtype("auto", torch.device("cpu")) is None
     assert autocast_dtype("fp32", torch.device("cuda")) is None
     assert autocast_dtype("bf16", torch.device("cuda")) is torch.bfloat16
     assert resolve_device("cpu").type == "cpu"

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_probabilities", action="store_true", help="also write {case}.npz (probabilities)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
-                   help="autocast on CUDA (auto: bf16 where supported, else fp16); CPU always runs fp32")
+                   help="autocast of the forward passes: on CUDA auto is bf16 where supported, else fp16; on the "
+                        "CPU auto is fp32, and bf16 needs an AVX512-bf16 or AMX CPU")
     p.add_argument("--compile", action="store_true",
                    help="run the network's forward through torch.compile (CUDA graphs on a GPU; the first case pays "
                         "the compile time); falls back to eager with one warning if compilation fails")

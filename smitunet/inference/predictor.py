@@ -46,7 +46,7 @@ class PredictionOptions:
     step_size: float = 0.5
     use_tta: bool = True
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
-    precision: str = "auto"              # auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
+    precision: str = "auto"              # auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16 (CUDA or CPU)
     tile_batch_size: int | None = None   # None: 4 on CUDA, 1 on CPU
     save_probabilities: bool = False
     continue_prediction: bool = False
@@ -65,6 +65,16 @@ class PredictionOptions:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the tiles' forward passes, or None for fp32.
+
+    On the CPU only an explicit bf16 applies: oneDNN runs bf16 convolutions and matmuls fast where the CPU has
+    AVX512-bf16 or AMX, and emulates them slower than fp32 elsewhere, so auto stays fp32 there.
+    """
+    if device.type == "cpu" and precision == "bf16":
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            raise SmitunetError("--precision bf16: this CPU has no bf16 support in oneDNN (it needs AVX512); "
+                                "use fp32")
+        return torch.bfloat16
     if device.type != "cuda" or precision == "fp32":
         return None
     if precision == "auto":
