@@ -55,9 +55,10 @@ def folder_bytes(folder: Path, pattern: str = "*") -> int:
     return sum(p.stat().st_size for p in folder.glob(pattern) if p.is_file())
 
 
-def make_subset(n: int) -> tuple[list[dict], list[dict]]:
+def make_subset(n: int, work: Path = WORK) -> tuple[list[dict], list[dict]]:
+    """The first ``n`` training cases of Task04_Hippocampus as an MSD folder under ``work``; returns them and the rest."""
     msd = json.loads((SOURCE / "dataset.json").read_text())
-    task = WORK / "Task04_Hippocampus"
+    task = work / "Task04_Hippocampus"
     shutil.rmtree(task, ignore_errors=True)
     for sub in ("imagesTr", "labelsTr"):
         (task / sub).mkdir(parents=True)
