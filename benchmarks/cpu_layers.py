@@ -2,8 +2,7 @@
 
     python benchmarks/cpu_layers.py [--threads 1] [--steps 12] [--tiles 12] [--tasks hippocampus left_atrium]
 
-Twin networks with the same weights: one as built (channels-last 3x3x3 convolutions when training, instance norm
-through the group-norm kernel), one after ``plain_layers`` (torch's own kernels). Their steps alternate, so a
+Twin networks with the same weights: one as built (instance norm through the group-norm kernel), one after ``plain_layers`` (torch's own kernels). Their steps alternate, so a
 load that changes during the run hits both alike. Geometries are the planned ``3d_fullres`` networks:
 Hippocampus (smit_small, 2 Swin stages, patch 40x56x40, batch 5, 3 classes) and Left Atrium at 1.25 mm
 (smit_small, 3 stages, patch 48x48x64, batch 2, 2 classes).

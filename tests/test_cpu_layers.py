@@ -1,6 +1,6 @@
-"""CPU fast paths of the convolutional blocks: channels-last 3x3x3 convolutions while training, instance norm run
-by the group-norm kernel. Each must equal the plain torch layer (by value), keep the state-dict layout, and stay
-out of tracing (ONNX / TorchScript export) and of ``plain_layers``."""
+"""The CPU fast path of the convolutional blocks: instance norm run by the group-norm kernel. It must equal the plain
+torch layer (by value), keep the state-dict layout, and stay out of tracing (ONNX / TorchScript export) and of
+``plain_layers``."""
 
 from __future__ import annotations
 
@@ -11,46 +11,11 @@ import torch
 from torch import nn
 
 from smitunet.networks import create_network
-from smitunet.networks.blocks import ChannelsLastConv3d, InstanceNorm2d, InstanceNorm3d, plain_layers
+from smitunet.networks.blocks import InstanceNorm2d, InstanceNorm3d, plain_layers
 
 
 def _twin(layer: nn.Module) -> nn.Module:
     return plain_layers(copy.deepcopy(layer))
-
-
-def test_channels_last_conv_equals_plain_forward_and_backward():
-    torch.manual_seed(0)
-    fast = ChannelsLastConv3d(4, 6, 3, padding=1, bias=False)
-    plain = _twin(fast)
-    x = torch.randn(2, 4, 6, 8, 5, requires_grad=True)
-    x2 = x.detach().clone().requires_grad_(True)
-    y, y2 = fast(x), plain(x2)
-    assert y.is_contiguous()  # the norms after it see the usual layout
-    torch.testing.assert_close(y, y2, rtol=1e-5, atol=1e-5)
-    g = torch.randn_like(y)
-    y.backward(g)
-    y2.backward(g)
-    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
-    assert list(fast.state_dict()) == list(nn.Conv3d(4, 6, 3, bias=False).state_dict())
-
-
-def test_channels_last_only_with_gradients(monkeypatch):
-    layouts = []
-    original = nn.Conv3d._conv_forward
-
-    def spy(self, x, weight, bias):
-        layouts.append(x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous())
-        return original(self, x, weight, bias)
-
-    monkeypatch.setattr(nn.Conv3d, "_conv_forward", spy)
-    conv = ChannelsLastConv3d(3, 3, 3, padding=1)
-    x = torch.randn(1, 3, 4, 4, 4)
-    conv(x)
-    with torch.no_grad():
-        conv(x)
-    plain_layers(conv)(x)
-    assert layouts == [True, False, False]
 
 
 @pytest.mark.parametrize("fast_cls,plain_cls,shape", [(InstanceNorm3d, nn.InstanceNorm3d, (2, 5, 6, 7, 4)),
@@ -102,7 +67,6 @@ def _tiny():
 def test_a_training_step_of_the_whole_network_equals_plain_layers():
     fast = _tiny()
     plain = plain_layers(copy.deepcopy(fast))
-    assert any(isinstance(m, ChannelsLastConv3d) for m in fast.modules())
     assert any(isinstance(m, InstanceNorm3d) for m in fast.modules())
     torch.manual_seed(3)
     x = torch.randn(2, 1, 32, 32, 32)

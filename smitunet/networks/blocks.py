@@ -16,28 +16,17 @@ SPATIAL_DIMS = (2, 3)
 # -- CPU fast paths ---------------------------------------------------------------------------------------------
 # Same parameters and state-dict keys as the torch layers they subclass, so checkpoints and exports are unchanged;
 # only the kernels differ. Each path is equal to the plain layer up to float rounding (tests/test_cpu_layers.py).
+# Channels-last 3D convolutions were tried and dropped: on a quiet 2-core EPYC they made a training step 1.03-1.08x
+# slower (benchmarks/results/cpu_layers_20261204-14*.md).
 def _cpu_fast(module: nn.Module, x: torch.Tensor) -> bool:
     """Tracing and ONNX export keep the plain op, so exported graphs hold a standard InstanceNormalization."""
     return (module.cpu_fast_path and x.device.type == "cpu" and not torch.jit.is_tracing()
             and not torch.onnx.is_in_onnx_export())
 
 
-class ChannelsLastConv3d(nn.Conv3d):
-    """oneDNN's 3D convolution backward is much faster on channels-last (NDHWC) input than on NCDHW; the output
-    goes back to contiguous so the norms and skips after it see the usual layout. Without gradients the
-    reorders cost more than they save, so inference keeps the plain kernel."""
-
-    cpu_fast_path = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and _cpu_fast(self, x):
-            return super().forward(x.contiguous(memory_format=torch.channels_last_3d)).contiguous()
-        return super().forward(x)
-
-
 class _InstanceNormByGroupNorm:
-    """Instance norm is group norm with one channel per group; on the CPU the group-norm kernel is several times
-    faster than the instance-norm one, forward and backward."""
+    """Instance norm is group norm with one channel per group; on the CPU the group-norm kernel is the faster one
+    (a whole inference tile of smit_small: 0.94-0.95x, benchmarks/cpu_layers.py)."""
 
     cpu_fast_path = True
 
@@ -64,7 +53,6 @@ def plain_layers(net: nn.Module) -> nn.Module:
 
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
-_CONV3 = {2: nn.Conv2d, 3: ChannelsLastConv3d}  # 3x3(x3) convolutions, where channels-last pays
 _CONV_TRANSPOSE = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 _NORM = {("instance", 2): InstanceNorm2d, ("instance", 3): InstanceNorm3d,
          ("batch", 2): nn.BatchNorm2d, ("batch", 3): nn.BatchNorm3d}
@@ -72,11 +60,6 @@ _NORM = {("instance", 2): InstanceNorm2d, ("instance", 3): InstanceNorm3d,
 
 def conv(dims: int) -> type[nn.Module]:
     return _CONV[dims]
-
-
-def conv3(dims: int) -> type[nn.Module]:
-    """The class for 3-wide convolutions: channels-last on the CPU in 3D."""
-    return _CONV3[dims]
 
 
 def conv_transpose(dims: int) -> type[nn.Module]:
@@ -92,7 +75,7 @@ def norm_layer(kind: str, channels: int, dims: int = 3) -> nn.Module:
 
 class ConvNormAct(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int, norm: str, stride: Sequence[int] | int = 1, dims: int = 3):
-        super().__init__(conv3(dims)(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
+        super().__init__(conv(dims)(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
                          norm_layer(norm, out_ch, dims), nn.LeakyReLU(0.01, inplace=True))
 
 
@@ -101,9 +84,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, norm: str, dims: int = 3):
         super().__init__()
-        self.conv1 = conv3(dims)(in_ch, out_ch, 3, padding=1, bias=False)
+        self.conv1 = conv(dims)(in_ch, out_ch, 3, padding=1, bias=False)
         self.norm1 = norm_layer(norm, out_ch, dims)
-        self.conv2 = conv3(dims)(out_ch, out_ch, 3, padding=1, bias=False)
+        self.conv2 = conv(dims)(out_ch, out_ch, 3, padding=1, bias=False)
         self.norm2 = norm_layer(norm, out_ch, dims)
         self.act = nn.LeakyReLU(0.01, inplace=True)
         self.skip = None
