@@ -442,5 +442,6 @@ def test_sigkill_at_a_random_moment_and_two_predictions_at_once(tmp_path):
     assert [row[0].split(" ")[:2] for row in rows] == [["SIGKILL", "train"], ["SIGKILL", "predict"], ["two", "predict"]]
     for scenario, _, observed, ok in rows:
         assert ok, f"{scenario}: {observed}"
-    assert rows[0][2].startswith("killed,") and rows[1][2].startswith("killed,")
+    # "killed (try 2, ...)": the run beat the reference's time and was killed at the same fraction of its own run
+    assert rows[0][2].startswith("killed") and rows[1][2].startswith("killed")
     assert "rerun exit 0" in rows[0][2] and "differs: nothing" in rows[0][2]
