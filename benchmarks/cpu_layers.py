@@ -2,8 +2,9 @@
 
     python benchmarks/cpu_layers.py [--threads 1] [--steps 12] [--tiles 12] [--tasks hippocampus left_atrium]
 
-Twin networks with the same weights: one as built (instance norm through the group-norm kernel), one after ``plain_layers`` (torch's own kernels). Their steps alternate, so a
-load that changes during the run hits both alike. Geometries are the planned ``3d_fullres`` networks:
+Twin networks with the same weights: one as built (instance norm through the group-norm kernel), one after
+``plain_layers`` (torch's own kernels). Their steps alternate, so a load that changes during the run hits both
+alike. Geometries are the planned ``3d_fullres`` networks:
 Hippocampus (smit_small, 2 Swin stages, patch 40x56x40, batch 5, 3 classes) and Left Atrium at 1.25 mm
 (smit_small, 3 stages, patch 48x48x64, batch 2, 2 classes).
 
@@ -194,7 +195,8 @@ def main(argv=None) -> None:
         infer = inference(task, args.tiles)
         results["tasks"][name] = {"geometry": task, "training": train, "inference": infer}
         rows.append(f"| {name}: training step (batch {task['batch']}) | {train['plain_s']:.2f} s | "
-                    f"{train['fast_s']:.2f} s | **{train['ratio']:.2f}** | loss diff ≤ {train['max_loss_diff']:.1e} |")
+                    f"{train['fast_s']:.2f} s | **{train['ratio']:.2f}** | "
+                    f"loss diff ≤ {train['max_loss_diff']:.1e} |")
         for variant, label in (("fast", "fp32"), ("fast_bf16", "bf16 autocast")):
             if variant in infer:
                 v = infer[variant]

@@ -56,7 +56,8 @@ def folder_bytes(folder: Path, pattern: str = "*") -> int:
 
 
 def make_subset(n: int, work: Path = WORK) -> tuple[list[dict], list[dict]]:
-    """The first ``n`` training cases of Task04_Hippocampus as an MSD folder under ``work``; returns them and the rest."""
+    """The first ``n`` training cases of Task04_Hippocampus as an MSD folder under ``work``; returns them and the
+    rest."""
     msd = json.loads((SOURCE / "dataset.json").read_text())
     task = work / "Task04_Hippocampus"
     shutil.rmtree(task, ignore_errors=True)

@@ -4,6 +4,7 @@ output for a bad case, never a half-written file; files get the umask's mode lik
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -442,6 +443,7 @@ def test_sigkill_at_a_random_moment_and_two_predictions_at_once(tmp_path):
     assert [row[0].split(" ")[:2] for row in rows] == [["SIGKILL", "train"], ["SIGKILL", "predict"], ["two", "predict"]]
     for scenario, _, observed, ok in rows:
         assert ok, f"{scenario}: {observed}"
-    # "killed (try 2, ...)": the run beat the reference's time and was killed at the same fraction of its own run
-    assert rows[0][2].startswith("killed") and rows[1][2].startswith("killed")
+    # "killed (try 2, at 5.3 s),": the run beat the reference's time and was killed at the same fraction of its own
+    # run (benchmarks/faults.py retries up to 3 times); "ended before the kill 3 times" still fails
+    assert all(re.match(r"killed( \(try [23], at [0-9.]+ s\))?,", row[2]) for row in rows[:2])
     assert "rerun exit 0" in rows[0][2] and "differs: nothing" in rows[0][2]

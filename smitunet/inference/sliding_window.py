@@ -136,8 +136,8 @@ def predict_sliding_window(model: nn.Module, data: torch.Tensor | np.ndarray, pa
     ``mirror_axes`` are spatial axes (0=z, 1=y, 2=x) for test-time mirroring (all 2^n flips averaged);
     None or () disables it. A 2D ``patch_size`` (y, x) predicts slice by slice (z is then never mirrored).
     ``output_device`` (default: ``device``) holds the accumulators.
-    ``autocast_dtype`` (torch.float16 / torch.bfloat16) applies on CUDA; on the CPU only bf16 does. When ``stats`` is a dict,
-    it receives ``tiles``, ``forward_passes`` and ``forward_seconds`` (pure network time, synchronised).
+    ``autocast_dtype`` (torch.float16 / torch.bfloat16) applies on CUDA; on the CPU only bf16 does. When ``stats``
+    is a dict, it receives ``tiles``, ``forward_passes`` and ``forward_seconds`` (pure network time, synchronised).
     """
     device = torch.device(device)
     output_device = torch.device(output_device) if output_device is not None else device

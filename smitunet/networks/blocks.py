@@ -13,25 +13,21 @@ NORMS = ("instance", "batch")
 SPATIAL_DIMS = (2, 3)
 
 
-# -- CPU fast paths ---------------------------------------------------------------------------------------------
-# Same parameters and state-dict keys as the torch layers they subclass, so checkpoints and exports are unchanged;
-# only the kernels differ. Each path is equal to the plain layer up to float rounding (tests/test_cpu_layers.py).
+# -- CPU fast path ----------------------------------------------------------------------------------------------
 # Channels-last 3D convolutions were tried and dropped: on a quiet 2-core EPYC they made a training step 1.03-1.08x
 # slower (benchmarks/results/cpu_layers_20261204-14*.md).
-def _cpu_fast(module: nn.Module, x: torch.Tensor) -> bool:
-    """Tracing and ONNX export keep the plain op, so exported graphs hold a standard InstanceNormalization."""
-    return (module.cpu_fast_path and x.device.type == "cpu" and not torch.jit.is_tracing()
-            and not torch.onnx.is_in_onnx_export())
-
-
 class _InstanceNormByGroupNorm:
     """Instance norm is group norm with one channel per group; on the CPU the group-norm kernel is the faster one
-    (a whole inference tile of smit_small: 0.94-0.95x, benchmarks/cpu_layers.py)."""
+    (a whole inference tile of smit_small: 0.94-0.95x, benchmarks/cpu_layers.py). Same parameters and state-dict
+    keys as the torch layer, equal up to float rounding (tests/test_cpu_layers.py). Tracing and ONNX export keep
+    the plain op, so exported graphs hold a standard InstanceNormalization."""
 
     cpu_fast_path = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _cpu_fast(self, x) and not self.track_running_stats and x.dim() == self._get_no_batch_dim() + 1:
+        if (self.cpu_fast_path and x.device.type == "cpu" and not torch.jit.is_tracing()
+                and not torch.onnx.is_in_onnx_export() and not self.track_running_stats
+                and x.dim() == self._get_no_batch_dim() + 1):
             return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
         return super().forward(x)
 
@@ -45,7 +41,7 @@ class InstanceNorm3d(_InstanceNormByGroupNorm, nn.InstanceNorm3d):
 
 
 def plain_layers(net: nn.Module) -> nn.Module:
-    """Switch every CPU fast path of ``net`` off (the reference the benchmarks and tests compare against)."""
+    """Switch the CPU fast path of ``net`` off (the reference the benchmarks and tests compare against)."""
     for module in net.modules():
         if hasattr(module, "cpu_fast_path"):
             module.cpu_fast_path = False
