@@ -115,6 +115,18 @@ def test_bf16_on_the_cpu_needs_onednn_bf16(monkeypatch):
         autocast_dtype("bf16", torch.device("cpu"))
 
 
+def test_unusable_bf16_stops_the_cli_before_any_output(smitunet_dirs, tmp_path, monkeypatch, capsys):
+    save_tiny_model(smitunet_dirs["results"], tiny_plans())
+    inp = tmp_path / "in"
+    _write_case(inp, "c", Geometry((1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (16, 16, 16)))
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main(["-i", str(inp), "-o", str(tmp_path / "o"), "--device", "cpu", "--precision", "bf16"])
+    assert exit_info.value.code != 0
+    assert "--precision bf16: this CPU has no bf16 support" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no oneDNN bf16")
 def test_bf16_on_the_cpu_runs_the_tiles_under_bf16_autocast():
     from smitunet.inference.predictor import autocast_dtype

@@ -216,6 +216,7 @@ class Predictor:
                  postprocessing: dict | None = None, more_models: Sequence[Sequence[Path]] = ()):
         self.options = options or PredictionOptions()
         self.device = resolve_device(self.options.device)
+        autocast_dtype(self.options.precision, self.device)  # an unusable --precision stops before models or output
         models = [FoldEnsemble([Path(p) for p in files], self.device, self.options.compile)
                   for files in (checkpoint_files, *more_models)]
         for model, files in zip(models, (checkpoint_files, *more_models)):
