@@ -9,7 +9,9 @@ Hippocampus (smit_small, 2 Swin stages, patch 40x56x40, batch 5, 3 classes) and 
 (smit_small, 3 stages, patch 48x48x64, batch 2, 2 classes).
 
 - training: forward with deep supervision, Dice+CE, backward, AdamW; median seconds per step after one warm-up,
-  and the largest loss difference between the twins over all steps (they start equal and drift by rounding);
+  and the largest loss difference from the plain fp32 twin over all steps (they start equal and drift by
+  rounding), for the fast layers in fp32 and, where oneDNN has bf16, under bf16 autocast
+  (``smitunet_train --precision bf16``);
 - inference: one tile under ``no_grad`` (the CPU sliding window's batch of 1), fp32 fast vs plain, and, where
   oneDNN has bf16, bf16 autocast (``--precision bf16``) vs plain fp32: time ratio, largest logit difference and
   the share of voxels whose argmax changes.
@@ -18,7 +20,9 @@ Hippocampus (smit_small, 2 Swin stages, patch 40x56x40, batch 5, 3 classes) and 
 ``--train_cases`` Hippocampus cases (``--epochs`` x ``--iters``), then ``N`` other cases predicted with mirroring TTA
 by the plain layers in fp32, the fast paths in fp32 and (where supported) the fast paths under bf16 autocast, in
 alternating order over two rounds: median s/case, mean foreground Dice against the labels, and voxels whose label
-differs from the plain run's.
+differs from the plain run's. ``--train_bf16`` also trains that model with ``--precision bf16`` (same seed, so the
+same batches): wall time of both trainings, the largest difference of their per-epoch mean losses, and the
+bf16-trained model's predictions (fast layers, fp32) scored the same way.
 
 Results: ``benchmarks/results/cpu_layers_*.{md,json}``.
 """
@@ -58,27 +62,37 @@ def twins(task: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 
 def training(task: dict, steps: int) -> dict:
-    nets = twins(task)
+    """Steps of the fast layers (fp32, and under bf16 autocast where oneDNN has bf16) against the plain layers in
+    fp32, on one fixed random batch; every variant starts from the same weights."""
+    fast, plain = twins(task)
+    nets = {"plain": (plain, False), "fast": (fast, False)}
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if bf16:  # --precision bf16 of smitunet_train: the trainer's step under autocast, float32 weights
+        nets["fast_bf16"] = (copy.deepcopy(fast), True)
     loss_fn = DeepSupervisionLoss(DiceCELoss())
-    opts = [torch.optim.AdamW(n.parameters(), lr=1e-3, weight_decay=1e-2) for n in nets]
+    opts = {k: torch.optim.AdamW(n.parameters(), lr=1e-3, weight_decay=1e-2) for k, (n, _) in nets.items()}
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(task["batch"], 1, *task["patch"], generator=gen)
     y = torch.randint(0, task["classes"], (task["batch"], 1, *task["patch"]), generator=gen)
-    times, losses = ([], []), ([], [])
+    times = {k: [] for k in nets}
+    losses = {k: [] for k in nets}
     for _ in range(steps + 1):
-        for i, (net, opt) in enumerate(zip(nets, opts)):
+        for name, (net, autocast) in nets.items():
             net.train()
             start = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(x), y)
+            opts[name].zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = loss_fn(net(x), y)
             loss.backward()
-            opt.step()
-            times[i].append(time.perf_counter() - start)
-            losses[i].append(float(loss.detach()))
-    fast_s, plain_s = (statistics.median(t[1:]) for t in times)
-    return {"fast_s": fast_s, "plain_s": plain_s, "ratio": fast_s / plain_s,
-            "max_loss_diff": max(abs(a - b) for a, b in zip(*losses)), "losses_fast": losses[0],
-            "losses_plain": losses[1]}
+            opts[name].step()
+            times[name].append(time.perf_counter() - start)
+            losses[name].append(float(loss.detach()))
+    med = {k: statistics.median(v[1:]) for k, v in times.items()}
+    result = {"plain_s": med["plain"], "losses_plain": losses["plain"], "bf16_supported": bf16}
+    for name in [k for k in nets if k != "plain"]:
+        result[name] = {"s": med[name], "ratio": med[name] / med["plain"], "losses": losses[name],
+                        "max_loss_diff": max(abs(a - b) for a, b in zip(losses[name], losses["plain"]))}
+    return result
 
 
 def inference(task: dict, tiles: int) -> dict:
@@ -113,9 +127,11 @@ def inference(task: dict, tiles: int) -> dict:
     return result
 
 
-def hippocampus_model(train_cases: int, epochs: int, iters: int, predict_cases: int) -> tuple[Path, Path, Path]:
-    """A briefly trained fold 0 on the first ``train_cases`` cases; returns its model folder, a folder with the images
-    of ``predict_cases`` other cases and one with their labels."""
+def hippocampus_models(train_cases: int, epochs: int, iters: int, predict_cases: int,
+                       precisions: list[str]) -> tuple[dict, Path, Path]:
+    """Fold 0 trained on the first ``train_cases`` cases once per training precision (same seed, so the same
+    batches); returns {precision: train record with ``model_dir``}, a folder with the images of ``predict_cases``
+    other cases and one with their labels."""
     import store_onnx
     from smitunet import api
     from smitunet.dataset.msd import convert_msd
@@ -126,7 +142,11 @@ def hippocampus_model(train_cases: int, epochs: int, iters: int, predict_cases: 
     store_onnx.use("preprocessed", WORK / "preprocessed")
     convert_msd(WORK / "Task04_Hippocampus", 4, output_raw=WORK / "raw")
     api.plan_and_preprocess([4], num_processes=2)
-    model_dir = Path(store_onnx.train(WORK / "preprocessed", WORK / "results", epochs, iters)["model_dir"])
+    trained = {}
+    for precision in precisions:
+        trained[precision] = store_onnx.train(WORK / "preprocessed", WORK / f"results_{precision}", epochs, iters,
+                                              precision=precision)
+        print(f"  trained ({precision}): {trained[precision]['wall_s']:.0f} s", flush=True)
     images, labels = WORK / "inputs", WORK / "labels"
     for folder in (images, labels):
         folder.mkdir()
@@ -134,21 +154,25 @@ def hippocampus_model(train_cases: int, epochs: int, iters: int, predict_cases: 
         name = Path(entry["image"]).name
         (images / name.replace(".nii.gz", "_0000.nii.gz")).symlink_to((store_onnx.SOURCE / entry["image"]).resolve())
         (labels / name).symlink_to((store_onnx.SOURCE / entry["label"]).resolve())
-    return model_dir, images, labels
+    return trained, images, labels
 
 
-def prediction(model_dir: Path, images: Path, labels: Path) -> dict:
+def prediction(model_dirs: dict[str, Path], images: Path, labels: Path) -> dict:
+    """The fp32-trained model in three ways, and each other training precision's model with the fast layers."""
     from smitunet.inference.predictor import Predictor, PredictionOptions
 
-    variants = {"plain_fp32": (True, "fp32"), "fast_fp32": (False, "fp32")}
+    variants = {"plain_fp32": ("fp32", True, "fp32"), "fast_fp32": ("fp32", False, "fp32")}
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        variants["fast_bf16"] = (False, "bf16")
+        variants["fast_bf16"] = ("fp32", False, "bf16")
+    for trained in model_dirs:
+        if trained != "fp32":
+            variants[f"{trained}_trained_fast_fp32"] = (trained, False, "fp32")
     seconds: dict[str, list[float]] = {v: [] for v in variants}
     for order in (list(variants), list(reversed(variants))):  # two rounds, opposite orders
         for name in order:
-            plain, precision = variants[name]
+            trained, plain, precision = variants[name]
             options = PredictionOptions(device="cpu", precision=precision, num_processes=0, progress=False)
-            predictor = Predictor.from_model_folder(model_dir, ["0"], options=options)
+            predictor = Predictor.from_model_folder(model_dirs[trained], ["0"], options=options)
             if plain:
                 plain_layers(predictor.model.network)
             out = WORK / f"pred_{name}"
@@ -184,6 +208,9 @@ def main(argv=None) -> None:
     p.add_argument("--train_cases", type=int, default=40)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--train_bf16", action="store_true",
+                   help="also train the prediction model with --precision bf16 (same seed): loss curves, s/iteration "
+                        "and its predictions' Dice against the fp32-trained model")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = {"date": now_utc(), "machine": machine_description(), "torch": torch.__version__,
@@ -194,9 +221,12 @@ def main(argv=None) -> None:
         train = training(task, args.steps)
         infer = inference(task, args.tiles)
         results["tasks"][name] = {"geometry": task, "training": train, "inference": infer}
-        rows.append(f"| {name}: training step (batch {task['batch']}) | {train['plain_s']:.2f} s | "
-                    f"{train['fast_s']:.2f} s | **{train['ratio']:.2f}** | "
-                    f"loss diff ≤ {train['max_loss_diff']:.1e} |")
+        for variant, label in (("fast", "fp32"), ("fast_bf16", "bf16 autocast")):
+            if variant in train:
+                v = train[variant]
+                rows.append(f"| {name}: training step (batch {task['batch']}), {label} | {train['plain_s']:.2f} s | "
+                            f"{v['s']:.2f} s | **{v['ratio']:.2f}** | loss diff ≤ {v['max_loss_diff']:.1e} over "
+                            f"{args.steps + 1} steps |")
         for variant, label in (("fast", "fp32"), ("fast_bf16", "bf16 autocast")):
             if variant in infer:
                 v = infer[variant]
@@ -205,8 +235,18 @@ def main(argv=None) -> None:
                             f"{100 * v['argmax_changed']:.2f} % |")
         print(rows[-3] if len(rows) >= 3 else rows[-1], flush=True)
     if args.predict_cases:
-        model_dir, images, labels = hippocampus_model(args.train_cases, args.epochs, args.iters, args.predict_cases)
-        predicted = results["prediction"] = prediction(model_dir, images, labels)
+        precisions = ["fp32", "bf16"] if args.train_bf16 else ["fp32"]
+        trained, images, labels = hippocampus_models(args.train_cases, args.epochs, args.iters, args.predict_cases,
+                                                     precisions)
+        results["trained"] = trained
+        for precision in precisions[1:]:
+            t, ref = trained[precision], trained["fp32"]
+            diff = max(abs(a - b) for a, b in zip(t["train_loss_per_epoch"], ref["train_loss_per_epoch"]))
+            rows.append(f"| Hippocampus fold 0 trained {args.epochs}x{args.iters} iterations (data workers included): "
+                        f"{precision} | {ref['wall_s']:.0f} s | {t['wall_s']:.0f} s | "
+                        f"**{t['wall_s'] / ref['wall_s']:.2f}** | epoch mean loss diff ≤ {diff:.1e} |")
+        predicted = results["prediction"] = prediction({k: Path(v["model_dir"]) for k, v in trained.items()},
+                                                       images, labels)
         base = predicted["plain_fp32"]
         for name, v in predicted.items():
             rows.append(f"| Hippocampus, {args.predict_cases} cases predicted with TTA: {name} | "

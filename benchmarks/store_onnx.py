@@ -86,14 +86,15 @@ def legacy_copy(b2nd_root: Path, npy_root: Path, data_identifier: str) -> None:
             np.savez(dst / path.name, **{k: z[k] for k in z.files})
 
 
-def train(store_root: Path, results: Path, epochs: int, iters: int) -> dict:
+def train(store_root: Path, results: Path, epochs: int, iters: int, precision: str = "auto") -> dict:
     from smitunet.training.build import build_trainer
 
     use("preprocessed", store_root)
     use("results", results)
     shutil.rmtree(results / DATASET, ignore_errors=True)
     start = time.perf_counter()
-    trainer = build_trainer(4, "3d_fullres", 0, epochs=epochs, iters_per_epoch=iters, device="cpu", seed=0)
+    trainer = build_trainer(4, "3d_fullres", 0, epochs=epochs, iters_per_epoch=iters, device="cpu", seed=0,
+                            precision=precision)
     trainer.run()
     wall = time.perf_counter() - start
     fold = next((results / DATASET).glob("*/fold_0"))

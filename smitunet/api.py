@@ -77,10 +77,12 @@ def train(dataset: str | int, configuration: str = "3d_fullres", fold: str | int
           pretrained: str | Path | None = None, accept_partial_pretrained: bool = False,
           pretrained_branch: str = "teacher", monai_merge_order: str | None = None,
           labelled_cases: str | Path | list[str] | None = None, export_probabilities: bool = False,
-          disable_tta: bool = False, compile: bool = False) -> dict | None:
+          disable_tta: bool = False, compile: bool = False, precision: str = "auto") -> dict | None:
     """``smitunet_train``: train (or resume) one fold, then run its fold validation; returns the validation
     summary (None on other torchrun ranks, or when a finished run already has one). ``compile``: ``--compile``
-    (the training step's forward through ``torch.compile``, eager after a compile failure)."""
+    (the training step's forward through ``torch.compile``, eager after a compile failure); ``precision``:
+    ``--precision`` (autocast of the training steps: auto = fp16 on CUDA, fp32 on the CPU; bf16 on a CPU with
+    AVX512-bf16/AMX)."""
     from smitunet.evaluation.fold_validation import validate_fold
     from smitunet.training.build import build_trainer
     from smitunet.utils.distributed import barrier, shutdown_distributed
@@ -91,7 +93,7 @@ def train(dataset: str | int, configuration: str = "3d_fullres", fold: str | int
                                 pretrained_branch=pretrained_branch, monai_merge_order=monai_merge_order,
                                 labelled_cases=labelled_cases,
                                 export_probabilities=export_probabilities,
-                                disable_tta=disable_tta, compile=compile)
+                                disable_tta=disable_tta, compile=compile, precision=precision)
     dist = trainer_obj.ctx.dist
     try:
         done = trainer_obj.run(continue_training=continue_training, validation_only=validation_only)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,3 +105,51 @@ def test_encoder_warmup_freezes_the_encoder_then_releases_it(dataset, tmp_path):
     assert trainer.iteration == 4
     changed = [k for k, v in encoder.state_dict().items() if not torch.equal(start_enc[k], v)]
     assert any(k.startswith("layers.") for k in changed) and "patch_embed.proj.weight" in changed
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no oneDNN bf16")
+def test_bf16_precision_runs_the_steps_under_bf16_autocast_without_loss_scaling(dataset):
+    from smitunet.training.augmentation import no_augmentation_transforms
+    from smitunet.training.data import PreprocessedCases
+    from smitunet.training.loop import TrainingLoop
+
+    seen = []
+
+    class Probe(SMITTrainer):
+        def build_loss(self):
+            loss = super().build_loss()
+            original = loss.forward
+
+            def forward(output, target):  # where the step's forward has just run
+                seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), output[0].dtype))
+                return original(output, target)
+
+            loss.forward = forward
+            return loss
+
+    trainer = _trainer(["--device", "cpu", "--precision", "bf16"], Probe)
+    assert trainer.autocast_dtype == torch.bfloat16
+    loop = TrainingLoop(trainer)
+    loop.setup()
+    assert not trainer.grad_scaler.is_enabled()  # bf16 keeps float32's exponent range: nothing to scale
+    loader = trainer.build_val_loader(PreprocessedCases(loop.data_folder, loop.train_cases), [0, 1])
+    batch = no_augmentation_transforms()(**loader.generate_train_batch())
+    before = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    loss = trainer.train_step(batch)
+    assert seen == [(True, torch.bfloat16, torch.bfloat16)] and np.isfinite(loss)
+    assert all(p.dtype == torch.float32 for p in trainer.network.parameters())  # the weights stay float32
+    assert any(not torch.equal(before[k], v) for k, v in trainer.network.state_dict().items())
+    trainer.validation_step(batch)
+    assert seen[-1][:2] == (True, torch.bfloat16)
+    # The default on the CPU is fp32: no autocast at all.
+    assert _trainer(["--device", "cpu"]).autocast_dtype is None
+
+
+def test_unusable_bf16_training_is_one_line_before_any_output(dataset, capsys, monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        train_main([*ARGS, "--device", "cpu", "--precision", "bf16"])
+    assert stop.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--precision bf16: this CPU has no bf16 support in oneDNN" in err[0]
+    assert not fold_dir(dataset["results"], "SMITTrainer").exists()

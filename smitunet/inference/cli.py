@@ -20,6 +20,7 @@ import time
 
 from smitunet.errors import cli_entry
 from smitunet.inference.predictor import PredictionOptions
+from smitunet.utils.precision import PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (8x faster)")
     p.add_argument("--save_probabilities", action="store_true", help="also write {case}.npz (probabilities)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="autocast of the forward passes: on CUDA auto is bf16 where supported, else fp16; on the "
                         "CPU auto is fp32, and bf16 needs an AVX512-bf16 or AMX CPU")
     p.add_argument("--compile", action="store_true",

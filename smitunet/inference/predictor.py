@@ -39,6 +39,7 @@ from smitunet.utils.compile import maybe_compile
 from smitunet.utils.device import resolve_device
 from smitunet.utils.files import make_dirs, remove_stale_temporary, save_npz
 from smitunet.utils.log import logger
+from smitunet.utils.precision import autocast_dtype
 
 
 @dataclass
@@ -62,24 +63,6 @@ class PredictionOptions:
     prev_stage_predictions: str | Path | None = None
     progress: bool | None = None         # None: when stderr is a terminal
     stats: dict = field(default_factory=dict)  # filled with tiles / forward_seconds / seconds per case
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of the tiles' forward passes, or None for fp32.
-
-    On the CPU only an explicit bf16 applies: oneDNN runs bf16 convolutions and matmuls fast where the CPU has
-    AVX512-bf16 or AMX, and emulates them slower than fp32 elsewhere, so auto stays fp32 there.
-    """
-    if device.type == "cpu" and precision == "bf16":
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            raise SmitunetError("--precision bf16: this CPU has no bf16 support in oneDNN (it needs AVX512); "
-                                "use fp32")
-        return torch.bfloat16
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 class FoldEnsemble:

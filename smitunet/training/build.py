@@ -12,6 +12,7 @@ from smitunet.training.trainer import Trainer, TrainingContext, TrainingOptions
 from smitunet.utils.device import default_num_workers, process_device, resolve_device
 from smitunet.utils.distributed import init_distributed
 from smitunet.utils.files import load_json
+from smitunet.utils.precision import autocast_dtype
 
 
 def parse_fold(text: str | int) -> str | int:
@@ -57,7 +58,7 @@ def build_trainer(dataset: str | int, configuration: str, fold: str | int, *, tr
                   pretrained: str | Path | None = None, accept_partial_pretrained: bool = False,
                   pretrained_branch: str = "teacher", monai_merge_order: str | None = None,
                   labelled_cases: str | Path | list[str] | None = None, export_probabilities: bool = False,
-                  disable_tta: bool = False, compile: bool = False) -> Trainer:
+                  disable_tta: bool = False, compile: bool = False, precision: str = "auto") -> Trainer:
     """The trainer (class resolved by name, plans loaded and checked, distributed set up) of one fold."""
     fold = parse_fold(fold)
     _positive("--epochs", epochs)
@@ -77,13 +78,14 @@ def build_trainer(dataset: str | int, configuration: str, fold: str | int, *, tr
     torch_device = resolve_device(device)
     dist_ctx = init_distributed(torch_device.type)
     torch_device = process_device(torch_device, dist_ctx.enabled, dist_ctx.local_rank)
+    autocast_dtype(precision, torch_device)  # an unusable --precision stops before any output
     workers = num_workers if num_workers is not None else default_num_workers(torch_device.type, dist_ctx.world_size)
     options = TrainingOptions(epochs=epochs, iters_per_epoch=iters_per_epoch, num_workers=workers, seed=seed,
                               pretrained=pretrained, accept_partial_pretrained=accept_partial_pretrained,
                               pretrained_branch=pretrained_branch, monai_merge_order=monai_merge_order,
                               labelled_cases=read_case_list(labelled_cases),
                               export_probabilities=export_probabilities,
-                              disable_tta=disable_tta, compile=bool(compile))
+                              disable_tta=disable_tta, compile=bool(compile), precision=precision)
     folder = training_output_dir(dataset_name, trainer_name_for_folder(trainer), plans, configuration) / f"fold_{fold}"
     ctx = TrainingContext(plans=plans_obj, configuration=configuration, fold=fold,
                           dataset_json=load_json(dataset_dir / "dataset.json"), preprocessed_dataset_dir=dataset_dir,

@@ -8,6 +8,7 @@ from pathlib import Path
 from smitunet.errors import cli_entry
 from smitunet.plans import DEFAULT_PLANS_NAME
 from smitunet.training.registry import DEFAULT_TRAINER
+from smitunet.utils.precision import PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the training step's forward through torch.compile (CUDA graphs on a GPU); falls back "
                         "to eager with one warning if compilation fails. Off by default: see the README for the "
                         "measured CPU effect")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="autocast of the training steps; the weights stay fp32. auto: fp16 on CUDA, fp32 on the "
+                        "CPU. bf16 on the CPU needs AVX512-bf16 or AMX (elsewhere: an error); measured speed and "
+                        "loss curves in the README (On a CPU)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
     p.add_argument("--epochs", type=int, help="number of epochs (default: the trainer's)")
     p.add_argument("--iters_per_epoch", type=int, help="training iterations per epoch (default: the trainer's)")
@@ -59,7 +64,8 @@ def trainer_settings(args) -> dict:
                 pretrained=args.pretrained, accept_partial_pretrained=args.accept_partial_pretrained,
                 pretrained_branch=args.pretrained_branch, monai_merge_order=args.monai_merge_order,
                 labelled_cases=args.labelled_cases,
-                export_probabilities=args.npz, disable_tta=args.disable_tta, compile=args.compile)
+                export_probabilities=args.npz, disable_tta=args.disable_tta, compile=args.compile,
+                precision=args.precision)
 
 
 def make_trainer(args):

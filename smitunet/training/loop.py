@@ -124,7 +124,9 @@ class TrainingLoop:
         t.loss = t.build_loss()
         self.optimizer = t.optimizer = t.build_optimizer(self.network)
         self.schedule = t.lr_schedule = t.build_lr_schedule(self.optimizer, t.num_epochs * t.iters_per_epoch)
-        self.scaler = t.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+        # float16 needs loss scaling; bf16 has float32's exponent range and does not
+        fp16 = t.autocast_dtype == torch.float16
+        self.scaler = t.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.logger.logs = empty_logs()
 
     def log(self, message: str) -> None:
