@@ -221,19 +221,19 @@ def main(argv=None) -> None:
         train = training(task, args.steps)
         infer = inference(task, args.tiles)
         results["tasks"][name] = {"geometry": task, "training": train, "inference": infer}
+        first = len(rows)
         for variant, label in (("fast", "fp32"), ("fast_bf16", "bf16 autocast")):
             if variant in train:
                 v = train[variant]
                 rows.append(f"| {name}: training step (batch {task['batch']}), {label} | {train['plain_s']:.2f} s | "
                             f"{v['s']:.2f} s | **{v['ratio']:.2f}** | loss diff ≤ {v['max_loss_diff']:.1e} over "
                             f"{args.steps + 1} steps |")
-        for variant, label in (("fast", "fp32"), ("fast_bf16", "bf16 autocast")):
             if variant in infer:
                 v = infer[variant]
                 rows.append(f"| {name}: inference tile, {label} | {infer['plain_s']:.3f} s | {v['s']:.3f} s | "
                             f"**{v['ratio']:.2f}** | logit diff ≤ {v['max_logit_diff']:.1e}, argmax changed "
                             f"{100 * v['argmax_changed']:.2f} % |")
-        print(rows[-3] if len(rows) >= 3 else rows[-1], flush=True)
+        print("\n".join(rows[first:]), flush=True)
     if args.predict_cases:
         precisions = ["fp32", "bf16"] if args.train_bf16 else ["fp32"]
         trained, images, labels = hippocampus_models(args.train_cases, args.epochs, args.iters, args.predict_cases,
