@@ -144,3 +144,35 @@ def test_dicom_series_folder_is_an_input():
     (volume,) = preprocess_sources(sources, plans, "pretraining", show_progress=False)
     assert volume.ndim == 4 and volume.shape[0] == 1 and volume.dtype == np.float32
     assert abs(float(volume.mean())) < 1e-3 and abs(float(volume.std()) - 1) < 1e-2   # z-scored MRI
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no oneDNN bf16")
+def test_bf16_pretraining_autocasts_the_step_and_records_it(image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "bf16.pt"
+    seen = []
+    original = PretrainingRun.train_step
+
+    def probe(run, step, batch):
+        hook = run.student.register_forward_hook(
+            lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))))
+        try:
+            return original(run, step, batch)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(PretrainingRun, "train_step", probe)
+    main(["-o", str(out), "-i", str(image_folder), "--epochs", "1", "--precision", "bf16", *TINY])
+    assert seen and all(s == (True, torch.bfloat16) for s in seen)
+    ckpt = load_checkpoint(out)
+    assert ckpt["meta"]["precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in ckpt["encoder"].values() if v.is_floating_point())
+
+
+def test_unusable_bf16_pretraining_is_one_line_before_any_output(image_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.raises(SystemExit) as exc:
+        main(["-o", str(tmp_path / "a.pt"), "-i", str(image_folder), "--epochs", "1", "--precision", "bf16", *TINY])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--precision bf16: this CPU has no bf16 support" in err[0]
+    assert list(tmp_path.iterdir()) == []

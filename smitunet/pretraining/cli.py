@@ -16,6 +16,7 @@ from smitunet.pretraining.data import (PRETRAIN_CONFIGURATION, check_sources, co
 from smitunet.pretraining.trainer import PretrainingRun, RunOptions
 from smitunet.utils.distributed import barrier, init_distributed, shutdown_distributed
 from smitunet.utils.device import default_num_workers, process_device, resolve_device
+from smitunet.utils.precision import autocast_dtype
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="run the student's and teacher's forwards through torch.compile (CUDA graphs on a GPU); "
                         "falls back to eager with one warning if compilation fails")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="autocast of the student's and teacher's forwards and the losses; the weights stay fp32. "
+                        "auto is fp32; bf16 on the CPU needs AVX512-bf16 or AMX (elsewhere: an error)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -160,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     dist_ctx = init_distributed(device.type)
     device = process_device(device, dist_ctx.enabled, dist_ctx.local_rank)
+    if args.precision == "bf16":
+        autocast_dtype(args.precision, device)  # an unusable bf16 stops before images are read
     workers = args.num_workers if args.num_workers is not None else default_num_workers(device.type, dist_ctx.world_size)
     try:
         failed: dict[str, str] = {}
@@ -170,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
             output=args.output, preset=preset, patch=patch, network_overrides=overrides, epochs=args.epochs,
             iters_per_epoch=args.iters_per_epoch, batch_size=args.batch_size, seed=args.seed, device=device,
             export_official=args.export_official, export_weights=args.export_weights,
-            num_workers=workers, compile=args.compile,
+            num_workers=workers, compile=args.compile, precision=args.precision,
             data_meta={"spacing": list(cfg.spacing), "normalization": list(cfg.normalization),
                        "channel_names": dict(plans.channel_names), "num_images": len(volumes)})
         if dist_ctx.is_main:

@@ -31,6 +31,7 @@ from smitunet.pretraining.objective import StepMasks, pretraining_losses
 from smitunet.pretraining.progress import output_paths, terms_for, write_logs
 from smitunet.pretraining.views import StepBatches, ViewSampler
 from smitunet.utils.compile import maybe_compile
+from smitunet.utils.precision import autocast_dtype
 from smitunet.utils.distributed import DistContext
 from smitunet.utils.log import logger
 
@@ -54,6 +55,7 @@ class RunOptions:
     data_meta: dict[str, Any] = field(default_factory=dict)           # spacing, normalization, channel names
     num_workers: int = 2                                              # processes preparing steps ahead; 0 = inline
     compile: bool = False                                             # --compile: student and teacher forwards
+    precision: str = "auto"                                           # --precision: auto/fp32 = fp32, bf16
 
 
 def lr_at(step: int, total: int, settings: PretrainSettings) -> float:
@@ -118,6 +120,10 @@ class PretrainingRun:
                                      what="pretraining student")
         self.teacher_forward = maybe_compile(self.teacher, options.compile, self.device,
                                              distributed=self.dist.enabled, what="pretraining teacher")
+        # Pretraining has no loss scaling, so only bf16 (float32's exponent range) is offered; auto stays fp32.
+        if options.precision not in ("auto", "fp32", "bf16"):
+            raise SmitunetError(f"--precision {options.precision}: pretraining runs in fp32 or bf16")
+        self.autocast_dtype = None if options.precision == "auto" else autocast_dtype(options.precision, self.device)
 
     # -- schedule ------------------------------------------------------------------------------------------
     @property
@@ -145,9 +151,10 @@ class PretrainingRun:
         s = self.settings
         views, masks = batch
         views = views.to(self.device, non_blocking=True)
-        total, terms, teacher_logits = pretraining_losses(
-            self.trained, self.teacher_forward, views, masks.to(self.device), self.centers, self.teacher_temp(step), s,
-            self.grid, self.student.token_stride, self.student.stage_factors)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            total, terms, teacher_logits = pretraining_losses(
+                self.trained, self.teacher_forward, views, masks.to(self.device), self.centers, self.teacher_temp(step),
+                s, self.grid, self.student.token_stride, self.student.stage_factors)
         if not torch.isfinite(total):
             raise SmitunetError(f"pretraining diverged at step {step} (loss {float(total)}); lower --lr")
         lr = lr_at(step, self.total_steps, s)
@@ -220,7 +227,8 @@ class PretrainingRun:
         return {"preset": o.preset, "in_channels": int(self.network["kwargs"]["in_channels"]),
                 "patch": list(o.patch), "method": self.settings.method, "steps": int(self.step),
                 "epochs": int(self.epoch), "iters_per_epoch": o.iters_per_epoch, "batch_size": o.batch_size,
-                "weights": o.export_weights, "settings": self.settings.to_dict(), **o.data_meta}
+                "weights": o.export_weights, "settings": self.settings.to_dict(),
+                "precision": "bf16" if self.autocast_dtype == torch.bfloat16 else "fp32", **o.data_meta}
 
     def state(self) -> dict[str, Any]:
         rng = {"torch": torch.get_rng_state()}
