@@ -1,6 +1,7 @@
 """The CPU fast paths of ``smitunet.networks.blocks`` against the plain torch layers, in the same run.
 
     python benchmarks/cpu_layers.py [--threads 1] [--steps 12] [--tiles 12] [--tasks hippocampus left_atrium]
+                                    [--pretrain_steps N] [--predict_cases N [--train_bf16]]
 
 Twin networks with the same weights: one as built (instance norm through the group-norm kernel), one after
 ``plain_layers`` (torch's own kernels). Their steps alternate, so a load that changes during the run hits both
@@ -15,6 +16,10 @@ Hippocampus (smit_small, 2 Swin stages, patch 40x56x40, batch 5, 3 classes) and 
 - inference: one tile under ``no_grad`` (the CPU sliding window's batch of 1), fp32 fast vs plain, and, where
   oneDNN has bf16, bf16 autocast (``--precision bf16``) vs plain fp32: time ratio, largest logit difference and
   the share of voxels whose argmax changes.
+
+``--pretrain_steps N`` adds ``smitunet_pretrain --precision bf16`` against fp32 (``--pretrain_method``, default gmim)
+at each task's geometry: two runs from the same weights on the same views and masks, median s/step and the largest
+difference of the total loss.
 
 ``--predict_cases N`` adds the end-to-end check on real data: a smit_small fold 0 trained briefly on the first
 ``--train_cases`` Hippocampus cases (``--epochs`` x ``--iters``), then ``N`` other cases predicted with mirroring TTA
@@ -127,6 +132,38 @@ def inference(task: dict, tiles: int) -> dict:
     return result
 
 
+def pretraining(task: dict, steps: int, method: str) -> dict:
+    """``smitunet_pretrain --precision bf16`` against fp32: two runs from the same weights on the same stream of
+    views and masks (random volumes at the task's patch), steps alternating; median s/step after one warm-up and
+    the largest difference of the total loss."""
+    import numpy as np
+
+    from smitunet.pretraining.config import PretrainSettings
+    from smitunet.pretraining.trainer import PretrainingRun, RunOptions
+
+    rng = np.random.default_rng(0)
+    volumes = [rng.normal(size=(1, *[p + 8 for p in task["patch"]])).astype(np.float32) for _ in range(4)]
+    runs, streams = {}, {}
+    for precision in ("fp32", "bf16"):
+        options = RunOptions(output=WORK / "unused.pt", preset="smit_small", patch=list(task["patch"]),
+                             network_overrides={"num_stages": task["num_stages"], "strides": task["strides"]},
+                             epochs=1, iters_per_epoch=steps + 1, batch_size=2, num_workers=0, precision=precision)
+        torch.manual_seed(0)
+        runs[precision] = PretrainingRun(options, PretrainSettings(method=method), volumes, 1)
+        streams[precision] = runs[precision].batch_stream()
+    times = {k: [] for k in runs}
+    losses = {k: [] for k in runs}
+    for step in range(steps + 1):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            terms = run.train_step(step, next(streams[name]))
+            times[name].append(time.perf_counter() - start)
+            losses[name].append(terms["loss"])
+    med = {k: statistics.median(v[1:]) for k, v in times.items()}
+    return {"method": method, "fp32_s": med["fp32"], "bf16_s": med["bf16"], "ratio": med["bf16"] / med["fp32"],
+            "losses": losses, "max_loss_diff": max(abs(a - b) for a, b in zip(losses["bf16"], losses["fp32"]))}
+
+
 def hippocampus_models(train_cases: int, epochs: int, iters: int, predict_cases: int,
                        precisions: list[str]) -> tuple[dict, Path, Path]:
     """Fold 0 trained on the first ``train_cases`` cases once per training precision (same seed, so the same
@@ -208,6 +245,9 @@ def main(argv=None) -> None:
     p.add_argument("--train_cases", type=int, default=40)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--pretrain_steps", type=int, default=0,
+                   help="pretraining steps per precision after one warm-up, fp32 vs bf16 (0: skip; needs oneDNN bf16)")
+    p.add_argument("--pretrain_method", choices=("smit", "smart", "gmim"), default="gmim")
     p.add_argument("--train_bf16", action="store_true",
                    help="also train the prediction model with --precision bf16 (same seed): loss curves, s/iteration "
                         "and its predictions' Dice against the fp32-trained model")
@@ -233,6 +273,11 @@ def main(argv=None) -> None:
                 rows.append(f"| {name}: inference tile, {label} | {infer['plain_s']:.3f} s | {v['s']:.3f} s | "
                             f"**{v['ratio']:.2f}** | logit diff ≤ {v['max_logit_diff']:.1e}, argmax changed "
                             f"{100 * v['argmax_changed']:.2f} % |")
+        if args.pretrain_steps and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            pre = results["tasks"][name]["pretraining"] = pretraining(task, args.pretrain_steps, args.pretrain_method)
+            rows.append(f"| {name}: pretraining step ({pre['method']}, batch 2), bf16 autocast | {pre['fp32_s']:.2f} s "
+                        f"| {pre['bf16_s']:.2f} s | **{pre['ratio']:.2f}** | loss diff ≤ {pre['max_loss_diff']:.1e} "
+                        f"over {args.pretrain_steps + 1} steps |")
         print("\n".join(rows[first:]), flush=True)
     if args.predict_cases:
         precisions = ["fp32", "bf16"] if args.train_bf16 else ["fp32"]
