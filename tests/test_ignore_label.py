@@ -19,7 +19,7 @@ from smitunet.plans import Plans
 from smitunet.preprocessing.store import class_locations
 from smitunet.training.data import PreprocessedCases, sample_patch
 from smitunet.training.losses import DeepSupervisionLoss, DiceCELoss
-from smitunet.training.trainer import Trainer
+from smitunet.training.trainer import Trainer, TrainingOptions
 from smitunet.utils.files import load_json, save_json, save_npy, save_npz
 from support.planning import make_plans
 
@@ -154,6 +154,7 @@ def test_pseudo_dice_counts_skip_ignored_voxels():
 
     trainer = Trainer.__new__(Trainer)  # only what validation_step reads
     trainer.plans, trainer.device = _plans_with_ignore(), torch.device("cpu")
+    trainer.options = TrainingOptions()  # the default precision (autocast)
     trainer.loss = DeepSupervisionLoss(DiceCELoss(ignore_label=IGNORE))
     batch = {"data": torch.zeros(2, 1, 6, 5, 4), "seg": target}
     trainer.network = Fixed(logits)

@@ -140,7 +140,7 @@ def test_region_dataset_trains_predicts_and_is_evaluated_per_region(smitunet_dir
 
 def test_pseudo_dice_counts_per_region():
     from smitunet.training.losses import DeepSupervisionLoss
-    from smitunet.training.trainer import Trainer
+    from smitunet.training.trainer import Trainer, TrainingOptions
 
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 3, 4, 4, 4, generator=g)
@@ -152,6 +152,7 @@ def test_pseudo_dice_counts_per_region():
 
     trainer = Trainer.__new__(Trainer)  # only what validation_step reads
     trainer.plans, trainer.device, trainer.network = _region_plans(), torch.device("cpu"), Fixed()
+    trainer.options = TrainingOptions()  # the default precision (autocast)
     trainer.loss = DeepSupervisionLoss(RegionDiceBCELoss(list(trainer.plans.foreground_regions.values())))
     _, stats = trainer.validation_step({"data": torch.zeros(2, 1, 4, 4, 4), "seg": target})
     core_p, core_r = logits[:, 1] > 0, torch.isin(target[:, 0], torch.tensor([2, 3]))
