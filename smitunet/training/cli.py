@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "measured CPU effect")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="autocast of the training steps; the weights stay fp32. auto: fp16 on CUDA, fp32 on the "
-                        "CPU. bf16 on the CPU needs AVX512-bf16 or AMX (elsewhere: an error); measured speed and "
-                        "loss curves in the README (On a CPU)")
+                        "CPU; fp16 applies on CUDA only. bf16 on the CPU needs AVX512-bf16 or AMX (elsewhere: an "
+                        "error); measured speed and loss curves in the README (On a CPU)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
     p.add_argument("--epochs", type=int, help="number of epochs (default: the trainer's)")
     p.add_argument("--iters_per_epoch", type=int, help="training iterations per epoch (default: the trainer's)")
