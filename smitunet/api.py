@@ -9,6 +9,9 @@
     labels = api.predict(image, dataset=4, geometry=geometry)          # an array (C, z, y, x) in, labels out
     api.evaluate("labelsTs", "predictions")
     api.convert_dicom("studies", "mapping.json", 201, "HeadNeck")     # DICOM + RTSTRUCT studies -> raw dataset
+    api.convert_msd("Task04_Hippocampus", 4)                          # an MSD task -> raw dataset
+    api.pretrain("smit.pt", images=["unlabelled"], method="gmim", epochs=30, precision="bf16")
+    best = api.find_best_configuration(4, folds=[0, 1, 2, 3, 4])
 
 Errors a user can act on raise ``smitunet.errors.SmitunetError`` (one line naming the file or case); nothing here
 prints or exits. Progress and notes go to the ``smitunet`` logger (``configure_logging()`` shows them as the CLIs
@@ -269,3 +272,56 @@ def convert_dicom(studies: str | Path, mapping, dataset_id: int, name: str, *, o
 
     return _convert(studies, mapping, dataset_id, name, output_raw=None if output_raw is None else Path(output_raw),
                     overwrite=overwrite, skip_missing=skip_missing)
+
+
+def convert_msd(task_dir: str | Path, dataset_id: int | None = None, *, overwrite: bool = False,
+                num_processes: int | None = None) -> Path:
+    """``smitunet_convert_msd -i TASK -d ID``: an MSD task folder as a raw dataset; returns its folder."""
+    from smitunet.dataset.msd import convert_msd as convert
+
+    return convert(task_dir, dataset_id, overwrite=overwrite, num_processes=num_processes)
+
+
+def find_best_configuration(dataset: str | int, *, folds: Sequence[str | int] = (0, 1, 2, 3, 4),
+                            configurations: Sequence[str] | None = None, trainers: Sequence[str] | None = None,
+                            plans: Sequence[str] | None = None, ensembling: bool = True, use_tta: bool = True,
+                            device: str = "auto") -> dict:
+    """``smitunet_find_best_configuration``: rank the trained models (and pairs, unless ``ensembling`` is False) by
+    cross-validation Dice, choose the post-processing, write ``inference_information.json``; returns it
+    (``best``, ``postprocessing``, ``predict_command``)."""
+    from smitunet.evaluation.best_configuration import find_best
+
+    return find_best(dataset, tuple(str(f) for f in folds), configurations, trainers, plans, ensembling=ensembling,
+                     use_tta=use_tta, device=device)
+
+
+def pretrain(output: str | Path, *, datasets: Sequence[str | int] = (), images: Sequence[str | Path] = (),
+             **settings) -> Path:
+    """``smitunet_pretrain``: SMIT / SMART / GMIM pretraining on the images of raw ``datasets`` (labels ignored) and
+    of the folders in ``images``; returns ``output`` (``smit.pt`` for ``train(pretrained=...)``).
+
+    ``settings`` are the CLI's flags by their long names, with the same defaults: ``method="gmim"``, ``epochs=30``,
+    ``plans="…/smitunetPlans.json"``, ``precision="bf16"``, ``continue_training=True`` (``--c``), on/off flags as
+    booleans (``gmim_siamese=False``). An unknown name or a value outside a flag's choices raises SmitunetError.
+    """
+    from smitunet.pretraining.cli import build_parser, run
+
+    parser = build_parser()
+    args = parser.parse_args(["-o", str(output)])
+    args.d, args.i = [str(d) for d in datasets], [Path(f) for f in images]
+    actions = {a.dest: a for a in parser._actions}
+    for name, value in settings.items():
+        action = actions.get(name)
+        if action is None or name in ("output", "d", "i", "help"):
+            raise SmitunetError(f"pretrain: unknown setting {name!r}")
+        if isinstance(value, bool) and action.choices == ("on", "off"):
+            value = "on" if value else "off"
+        elif value is not None and action.type is not None and action.nargs is None:
+            value = action.type(value)
+        elif value is not None and action.type is not None:
+            value = [action.type(v) for v in value]
+        if action.choices is not None and value not in action.choices:
+            raise SmitunetError(f"pretrain: {name}={value!r}; choose from {', '.join(map(str, action.choices))}")
+        setattr(args, name, value)
+    run(args)
+    return Path(output)

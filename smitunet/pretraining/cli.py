@@ -16,6 +16,7 @@ from smitunet.pretraining.data import (PRETRAIN_CONFIGURATION, check_sources, co
 from smitunet.pretraining.trainer import PretrainingRun, RunOptions
 from smitunet.utils.distributed import barrier, init_distributed, shutdown_distributed
 from smitunet.utils.device import default_num_workers, process_device, resolve_device
+from smitunet.utils.log import logger
 from smitunet.utils.precision import autocast_dtype
 
 
@@ -149,7 +150,11 @@ def prepare(args):
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
+    """The pretraining the parsed flags ask for (``smitunet.api.pretrain`` builds them from keyword arguments)."""
     settings = settings_from_args(args)
     plans, configuration, preset, patch, overrides = prepare(args)
     sources, channel_names = collect_sources(args.d, args.i, args.modality)
@@ -180,8 +185,8 @@ def main(argv: list[str] | None = None) -> None:
             data_meta={"spacing": list(cfg.spacing), "normalization": list(cfg.normalization),
                        "channel_names": dict(plans.channel_names), "num_images": len(volumes)})
         if dist_ctx.is_main:
-            print(f"pretraining {preset} ({settings.method}) on {len(volumes)} images, patch {patch}, "
-                  f"spacing {cfg.spacing}, {args.epochs} x {args.iters_per_epoch} steps -> {args.output}", flush=True)
+            logger.info(f"pretraining {preset} ({settings.method}) on {len(volumes)} images, patch {patch}, "
+                        f"spacing {cfg.spacing}, {args.epochs} x {args.iters_per_epoch} steps -> {args.output}")
         PretrainingRun(options, settings, volumes, len(channel_names), dist_ctx).run(args.continue_training)
         barrier(dist_ctx)
         if failed:
