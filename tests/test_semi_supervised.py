@@ -8,6 +8,7 @@ import torch
 
 from smitunet.checkpoint_io import load_checkpoint
 from smitunet.training.cli import main as train_main
+from smitunet.training.losses import deep_supervision_weights, downsample_target
 from smitunet.training.semi_supervised import (SMITSemiSupervisedTrainer, copy_paste, cuboid_mask, ema_update,
                                                 largest_component_pseudo_labels,
                                                 rampup, region_dice_ce)
@@ -77,6 +78,32 @@ def test_the_unlabelled_weight_scales_the_pseudo_labelled_loss_not_its_voxels():
     alone = region_dice_ce(logits, target, labelled)
     assert float(whole - alone) == pytest.approx(2 * float(half - alone), rel=1e-5)
     assert float(Probe(0.0).mixed_loss(logits, target, labelled, pseudo)) == pytest.approx(float(alone))
+
+
+def test_mixed_loss_over_deep_supervision_outputs_is_the_weighted_sum_by_value():
+    """Each output gets the mixed loss with its target and both regions brought to its size (nearest), weighted as
+    the labelled-only loss weights the outputs; without deep supervision only the finest output counts."""
+    torch.manual_seed(1)
+    target = torch.randint(0, 2, (2, 1, 8, 8, 8))
+    labelled = torch.zeros(2, 1, 8, 8, 8)
+    labelled[..., :3] = 1
+    pseudo = 1 - labelled
+    outputs = [torch.randn(2, 2, *(8 // 2 ** i,) * 3) for i in range(3)]
+
+    class Probe(SMITSemiSupervisedTrainer):
+        def __init__(self, deep_supervision):
+            self.deep_supervision = deep_supervision
+
+        def unlabelled_scale(self):
+            return 0.3
+
+    expected = 0.0
+    for w, out in zip(deep_supervision_weights(3), outputs):
+        t, lab, ps = (downsample_target(m, out.shape[2:]) for m in (target, labelled, pseudo))
+        expected += w * (region_dice_ce(out, t, lab) + 0.3 * region_dice_ce(out, t, ps))
+    assert float(Probe(True).mixed_loss(outputs, target, labelled, pseudo)) == pytest.approx(float(expected), rel=1e-6)
+    finest = region_dice_ce(outputs[0], target, labelled) + 0.3 * region_dice_ce(outputs[0], target, pseudo)
+    assert float(Probe(False).mixed_loss(outputs, target, labelled, pseudo)) == pytest.approx(float(finest), rel=1e-6)
 
 
 def test_teacher_gets_no_gradient_and_follows_the_ema_formula():

@@ -3,7 +3,7 @@ network's lower-resolution outputs."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -113,21 +113,25 @@ def downsample_target(target: torch.Tensor, shape: Sequence[int]) -> torch.Tenso
 
 
 class DeepSupervisionLoss(nn.Module):
-    """Weighted sum of ``loss`` over each output of a deep-supervision list; a single tensor passes through."""
+    """Weighted sum of ``loss`` over each output of a deep-supervision list; a single tensor passes through.
 
-    def __init__(self, loss: nn.Module, weights: Sequence[float] | None = None):
+    ``maps`` after the target (e.g. a semi-supervised step's region masks) are brought to each output's size with
+    the target (nearest) and passed on in the same order."""
+
+    def __init__(self, loss: nn.Module | Callable[..., torch.Tensor], weights: Sequence[float] | None = None):
         super().__init__()
         self.loss = loss
         self.weights = None if weights is None else list(weights)
 
-    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, outputs, target: torch.Tensor, *maps: torch.Tensor) -> torch.Tensor:
         if isinstance(outputs, torch.Tensor):
-            return self.loss(outputs, target)
+            return self.loss(outputs, target, *maps)
         weights = self.weights or deep_supervision_weights(len(outputs))
         if len(weights) != len(outputs):
             raise ValueError(f"{len(outputs)} deep-supervision outputs but {len(weights)} weights")
         total = outputs[0].new_zeros(())
         for weight, out in zip(weights, outputs):
             if weight:
-                total = total + weight * self.loss(out, downsample_target(target, out.shape[2:]))
+                shape = out.shape[2:]
+                total = total + weight * self.loss(out, *(downsample_target(m, shape) for m in (target, *maps)))
         return total

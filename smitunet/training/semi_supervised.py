@@ -51,7 +51,7 @@ from smitunet.errors import SmitunetError
 from smitunet.postprocessing import keep_largest_component
 from smitunet.training.batches import BatchStream
 from smitunet.training.data import PatchLoader, UnlabelledCases
-from smitunet.training.losses import deep_supervision_weights, downsample_target
+from smitunet.training.losses import DeepSupervisionLoss
 from smitunet.training.trainer import SMITTrainer
 from smitunet.utils.distributed import shard_of_batch
 
@@ -217,18 +217,12 @@ class SMITSemiSupervisedTrainer(SMITTrainer):
                    pseudo_region: torch.Tensor) -> torch.Tensor:
         """``mixed_output_loss`` on the finest output, or on every deep-supervision output (target and regions
         brought to its size, nearest), weighted as the labelled-only loss weights them."""
-        outputs = list(output) if isinstance(output, (list, tuple)) else [output]
-        if not self.deep_supervision:
-            outputs = outputs[:1]
-        total, scale = 0.0, self.unlabelled_scale()
-        for w, logits in zip(deep_supervision_weights(len(outputs)), outputs):
-            if w == 0:
-                continue
-            shape = logits.shape[2:]
-            total = total + w * self.mixed_output_loss(logits, downsample_target(target, shape),
-                                                       downsample_target(labelled_region, shape),
-                                                       downsample_target(pseudo_region, shape), scale)
-        return total
+        if isinstance(output, (list, tuple)) and not self.deep_supervision:
+            output = output[0]
+        scale = self.unlabelled_scale()
+        loss = DeepSupervisionLoss(lambda logits, t, labelled, pseudo: self.mixed_output_loss(logits, t, labelled,
+                                                                                               pseudo, scale))
+        return loss(output, target, labelled_region, pseudo_region)
 
     def mixed_output_loss(self, logits: torch.Tensor, target: torch.Tensor, labelled_region: torch.Tensor,
                           pseudo_region: torch.Tensor, scale: float) -> torch.Tensor:
