@@ -105,6 +105,9 @@ def _notes(r: dict) -> str:
              + (f" (validation cut to {s['val_cases']} cases)" if s["val_cases"] else ""),
              f"- prediction: {s['predict_cases']} fold-0 validation cases, CLI wall / cases (start-up included), "
              f"step 0.5, CPU, one preprocessing/export worker each"]
+    if s.get("precision", "fp32") != "fp32":
+        lines.append(f"- smitunet trains and predicts under --precision {s['precision']} (calibration included); "
+                     f"nnU-Net in fp32")
     if r["mode"] != "quick":
         lines.append(f"- budget: calibration 2 x {s['calibration_iters']} iterations per tool, then epochs of "
                      f"{s['iters_per_epoch']} iterations sized to the budget (see README)")

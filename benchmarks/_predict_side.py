@@ -33,13 +33,15 @@ def _nnunet_command(inp: Path, out: Path, tta: bool) -> list:
     return command + ([] if tta else ["--disable_tta"])
 
 
-def _smitunet_command(inp: Path, out: Path, tta: bool) -> list:
+def _smitunet_command(inp: Path, out: Path, tta: bool, precision: str = "fp32") -> list:
     command = [su.cli("smitunet_predict"), "-i", inp, "-o", out, "-d", nn.DATASET_ID, "-c", "3d_fullres",
-               "-tr", TRAINER, "-f", "0", "-chk", "final", "--device", "cpu", "--step_size", "0.5", "-npp", "1"]
+               "-tr", TRAINER, "-f", "0", "-chk", "final", "--device", "cpu", "--step_size", "0.5", "-npp", "1",
+               "--precision", precision]
     return command + ([] if tta else ["--disable_tta"])
 
 
-def predict(tool: str, model_results_dir: str, inp: Path, tta: bool, log=print) -> dict:
+def predict(tool: str, model_results_dir: str, inp: Path, tta: bool, log=print, precision: str = "fp32") -> dict:
+    """``precision`` applies to smitunet only (nnU-Net's CPU path has no autocast)."""
     cases = len(list(inp.glob("*.nii.gz")))
     out = nn.WORK_DIR / f"predict_{tool}_{'tta' if tta else 'notta'}"
     shutil.rmtree(out, ignore_errors=True)
@@ -50,7 +52,7 @@ def predict(tool: str, model_results_dir: str, inp: Path, tta: bool, log=print) 
     else:
         env = su.smitunet_env()
         env["smitunet_results"] = model_results_dir
-        command = _smitunet_command(inp, out, tta)
+        command = _smitunet_command(inp, out, tta, precision)
     log(f"{tool}: predicting {cases} cases {'with' if tta else 'without'} mirroring")
     m = run_measured(command, env=env, log_path=nn.WORK_DIR / f"{out.name}.log").to_dict()
     written = len(list(out.glob("*.nii.gz"))) if out.exists() else 0

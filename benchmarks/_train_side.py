@@ -70,14 +70,15 @@ def smitunet_fold_dir(results_root: Path) -> Path:
     return results_root / nn.DATASET_NAME / f"{TRAINER}__smitunetPlans__3d_fullres" / "fold_0"
 
 
-def _train_command(epochs: int, iters: int, pretrained: Path | None, extra: list[str] = ()) -> list:
+def _train_command(epochs: int, iters: int, pretrained: Path | None, extra: list[str] = (),
+                   precision: str = "fp32") -> list:
     command = [su.cli("smitunet_train"), nn.DATASET_ID, "3d_fullres", "0", "-tr", TRAINER, "--device", "cpu",
-               "--epochs", epochs, "--iters_per_epoch", iters, *extra]
+               "--epochs", epochs, "--iters_per_epoch", iters, "--precision", precision, *extra]
     return command + (["--pretrained", pretrained] if pretrained else [])
 
 
 def run_smitunet(tag: str, epochs: int, iters: int, budget_s: float | None, validate: bool,
-                 pretrained: Path | None = None, log=print) -> dict:
+                 pretrained: Path | None = None, log=print, precision: str = "fp32") -> dict:
     env = su.smitunet_env(f"results_{tag}")
     results_root = Path(env["smitunet_results"])
     shutil.rmtree(results_root, ignore_errors=True)
@@ -91,9 +92,9 @@ def run_smitunet(tag: str, epochs: int, iters: int, budget_s: float | None, vali
         return budget_s is not None and elapsed > 1.1 * budget_s
 
     log(f"smitunet training ({tag}): {epochs} epochs x {iters} iterations" + (f", budget {budget_s:.0f} s" if budget_s else "")
-        + (f", pretrained {pretrained}" if pretrained else ""))
+        + (f", pretrained {pretrained}" if pretrained else "") + (f", {precision}" if precision != "fp32" else ""))
     log_path = nn.WORK_DIR / f"smitunet_train_{tag}.log"
-    m = run_measured(_train_command(epochs, iters, pretrained), env=env, log_path=log_path, stop_when=stop).to_dict()
+    m = run_measured(_train_command(epochs, iters, pretrained, precision=precision), env=env, log_path=log_path, stop_when=stop).to_dict()
     stopped_by_budget = m["stopped_early"] and not final.exists()
     if m["returncode"] != 0 and not m["stopped_early"]:
         raise RuntimeError(f"smitunet training ({tag}) failed:\n{tail(log_path)}")
@@ -103,7 +104,7 @@ def run_smitunet(tag: str, epochs: int, iters: int, budget_s: float | None, vali
         raise RuntimeError(f"smitunet ({tag}) completed no epoch within the budget:\n{tail(log_path)}")
     if stopped_by_budget:  # turn the last completed epoch into checkpoint_final, then validate
         log(f"smitunet ({tag}) stopped by the budget after {len(rows)} epochs; finishing with --c --epochs {len(rows)}")
-        finish = run_measured(_train_command(len(rows), iters, pretrained, ["--c"]), env=env,
+        finish = run_measured(_train_command(len(rows), iters, pretrained, ["--c"], precision), env=env,
                               log_path=nn.WORK_DIR / f"smitunet_train_{tag}_finish.log").to_dict()
         m["finish"] = finish
     # A run stopped by the budget trained until it was stopped (the finishing run only saves and validates).

@@ -11,6 +11,7 @@ See benchmarks/README.md for how each figure is measured and how nnU-Net is driv
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -28,7 +29,8 @@ import preprocess  # noqa: E402
 from _compare_table import build_markdown  # noqa: E402
 from _predict_side import make_input_folder, predict  # noqa: E402
 from _report import machine_description, now_utc, write_results  # noqa: E402
-from _train_side import budget_epochs, run_nnunet, run_smitunet  # noqa: E402
+from _train_side import budget_epochs, run_nnunet  # noqa: E402
+from _train_side import run_smitunet as _run_smitunet  # noqa: E402
 from smitunet.preprocessing.case_arrays import labelled_cases  # noqa: E402
 from smitunet.utils.files import save_json  # noqa: E402
 
@@ -41,14 +43,16 @@ class Settings:
     fixed_epochs: int           # quick mode only
     val_cases: int | None       # fold-0 validation cases (None: the whole fold, 32)
     predict_cases: int
+    precision: str = "fp32"     # smitunet's training and prediction autocast (--precision of its CLIs)
 
 
 def settings_for(args) -> Settings:
     if args.quick:
         return Settings(budget_s=None, calibration_iters=0, iters_per_epoch=3, fixed_epochs=2, val_cases=4,
-                        predict_cases=2)
+                        predict_cases=2, precision=args.precision)
     return Settings(budget_s=args.budget_minutes * 60, calibration_iters=min(4, args.iters_per_epoch), iters_per_epoch=args.iters_per_epoch,
-                    fixed_epochs=0, val_cases=args.val_cases, predict_cases=args.predict_cases)
+                    fixed_epochs=0, val_cases=args.val_cases, predict_cases=args.predict_cases,
+                    precision=args.precision)
 
 
 def write_common_splits(val_cases: int | None) -> list[str]:
@@ -91,6 +95,7 @@ class Phases:
 
 
 def train_both(phases: Phases, s: Settings, pretrained: Path | None) -> None:
+    run_smitunet = functools.partial(_run_smitunet, precision=s.precision)
     if s.budget_s is None:
         phases.run("train_smitunet", run_smitunet, "quick", s.fixed_epochs, s.iters_per_epoch, None, True)
         if pretrained:  # proves the --pretrained path end to end; its Dice means nothing after 6 iterations
@@ -111,7 +116,7 @@ def train_both(phases: Phases, s: Settings, pretrained: Path | None) -> None:
         phases.run("train_nnunet", run_nnunet, "budget", epochs, s.iters_per_epoch, s.budget_s, True)
 
 
-def predict_both(phases: Phases, val_cases: list[str], n_cases: int) -> None:
+def predict_both(phases: Phases, val_cases: list[str], n_cases: int, precision: str = "fp32") -> None:
     inp = make_input_folder(val_cases[:n_cases])
     for tool in ("smitunet", "nnunet"):
         trained = phases.results.get(f"train_{tool}")
@@ -119,7 +124,7 @@ def predict_both(phases: Phases, val_cases: list[str], n_cases: int) -> None:
             continue
         for tta in (True, False):
             phases.run(f"predict_{tool}_{'tta' if tta else 'notta'}", predict, tool, trained["model_results_dir"],
-                       inp, tta)
+                       inp, tta, precision=precision)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-cases", type=int, default=None,
                    help="cut the fold-0 validation to the first N of its 32 cases (default: all; quick: 4)")
     p.add_argument("--np", type=int, default=os.cpu_count(), help="preprocessing worker processes, both tools")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="smitunet's training and prediction precision (bf16: CPUs with AVX512-bf16 or AMX; the "
+                        "calibration runs under it too, so the budget buys bf16 iterations); nnU-Net stays fp32")
     p.add_argument("--reuse-preprocessed", action="store_true",
                    help="skip the plan + preprocess measurement and train on the existing preprocessed data")
     args = p.parse_args(argv)
@@ -155,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         phases.run("preprocess", preprocess.measure, list(preprocess.TOOLS), args.np)
     val_cases = write_common_splits(s.val_cases)
     train_both(phases, s, args.pretrained)
-    predict_both(phases, val_cases, s.predict_cases)
+    predict_both(phases, val_cases, s.predict_cases, s.precision)
     results["versions"] = {"smitunet": su.smitunet_versions(), "nnU-Net": nn.nnunet_versions()}
     results["total_wall_s"] = time.perf_counter() - start
 
