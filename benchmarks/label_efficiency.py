@@ -151,6 +151,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.add_argument(f"--{name}", type=kind, nargs=3 if name == "spacing" else None, default=None,
                        help="default: the protocol's")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="mirroring in fold validation")
+    p.add_argument("--smitunet_epochs", type=int, default=None,
+                   help="smitunet's labelled-only epochs instead of a calibration on this machine: a variant sized "
+                        "against the recorded budget by a step-time ratio measured here (recorded in the budget)")
+    p.add_argument("--tag", default="", help="a variant of the protocol (e.g. mem1 with --gpu_memory_target 1.0): "
+                   "its own work folder and results files, the protocol's pretrained checkpoints reused")
     p.add_argument("--recalibrate", action="store_true", help="measure the budget again (finished runs are kept)")
     p.add_argument("--report_only", action="store_true")
     args = p.parse_args(argv)
@@ -173,7 +178,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             sys.exit(f"error: {args.source.name}: give the dataset id with -d")
         args.dataset_id = int(digits)
     args.name = data.dataset_name(args.source, args.dataset_id)
-    args.work = (args.work or REPO / "benchmarks" / "work" / f"le_{args.dataset_id:03d}_{args.protocol}").resolve()
+    variant = f"{args.protocol}_{args.tag}" if args.tag else args.protocol
+    args.work = (args.work or REPO / "benchmarks" / "work" / f"le_{args.dataset_id:03d}_{variant}").resolve()
+    args.stem = f"label_efficiency_{args.name}_{variant}"  # the results files
     return args
 
 
@@ -363,8 +370,11 @@ def calibrate(args, results: dict, fold: int, nnunet_plans: str | None, semi: tu
     if "smitunet_epochs" not in budget:
         budget.update(budget_minutes=args.budget_minutes, iters_per_epoch=args.iters_per_epoch, threads=args.threads,
                       measured=now_utc())
-        budget["smitunet"], budget["smitunet_epochs"] = _calibrate_smitunet(args, "smitunet", [], fold, budget_s,
-                                                                            iters_cal)
+        if args.smitunet_epochs:
+            budget["smitunet"], budget["smitunet_epochs"] = {"set_by": "--smitunet_epochs"}, args.smitunet_epochs
+        else:
+            budget["smitunet"], budget["smitunet_epochs"] = _calibrate_smitunet(args, "smitunet", [], fold, budget_s,
+                                                                                iters_cal)
     if nnunet_plans is not None and "nnunet_epochs" not in budget:
         result = args.work / "calibration" / "nnunet.json"
         result.parent.mkdir(parents=True, exist_ok=True)
@@ -527,9 +537,10 @@ def describe(args, source_order: str, evaluation: list[str], subsets: dict, pool
 
 
 def write_report(args, results: dict) -> None:
-    stem = f"label_efficiency_{args.name}_{args.protocol}"
+    stem = args.stem
     work_md = args.work / f"{stem}.md"
-    text = report.markdown(results, f"Label efficiency on {args.name} ({args.protocol} protocol)")
+    text = report.markdown(results, f"Label efficiency on {args.name} ({args.protocol} protocol"
+                           + (f", variant {args.tag})" if args.tag else ")"))
     work_md.write_text(text + "\n")
     report.plot(results, args.work / f"{stem}.png", args.work / f"{stem}_curves.png")
     RESULTS_DIR.mkdir(exist_ok=True)
@@ -543,7 +554,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     results_path = args.work / "label_efficiency.json"
-    committed = RESULTS_DIR / f"label_efficiency_{args.name}_{args.protocol}.json"
+    committed = RESULTS_DIR / f"{args.stem}.json"
     # A new work folder starts from the committed results: runs of earlier sessions are not repeated.
     results = report.load_results(results_path if results_path.is_file() else committed)
     if (args.work / "raw" / args.name / "dataset.json").is_file():
