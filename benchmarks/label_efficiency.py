@@ -401,11 +401,24 @@ def calibrate(args, results: dict, fold: int, nnunet_plans: str | None, semi: tu
                 + (["-p", LIGHT_PLANS] if light else []), semi_fold, budget_s, iters_cal)
         # the warm-up steps cost what a labelled-only step costs, the rest a semi-supervised step
         mixed, plain, key = budget.get(name), budget.get(f"smitunet{light}"), f"{name}_warmup_epochs"
+        set_by_flag = bool(plain) and "set_by" in plain
+        if set_by_flag and mixed and key not in budget and f"smitunet{light}_here" not in budget:
+            # labelled-only epochs given by --smitunet_epochs: the semi-supervised ones follow by the ratio of the
+            # two steps measured here, as the flag's own epochs were sized
+            budget[f"smitunet{light}_here"] = _calibrate_smitunet(
+                args, f"smitunet{light}_here", ["-p", LIGHT_PLANS] if light else [], semi_fold, budget_s, iters_cal)[0]
+        if set_by_flag:
+            plain = budget.get(f"smitunet{light}_here")
         if mixed and plain and key not in budget:
             share = SMITSemiSupervisedTrainer.supervised_warmup_fraction
             blended = dict(mixed, train_s_per_iter=share * plain["train_s_per_iter"]
                            + (1 - share) * mixed["train_s_per_iter"])
             budget[key] = budget_epochs(blended, iters_cal, args.iters_per_epoch, budget_s)
+            if set_by_flag:
+                def epoch_s(cal: dict) -> float:
+                    return (cal["train_s_per_iter"] * args.iters_per_epoch
+                            + cal["epoch_overhead_s"] * val_iters(args.iters_per_epoch) / val_iters(iters_cal))
+                budget[key] = max(1, round(budget[f"smitunet{light}_epochs"] * epoch_s(plain) / epoch_s(blended)))
     results["budget"] = budget
     return budget
 
@@ -515,6 +528,30 @@ def _median(values: list[float]) -> float:
     return float(values[len(values) // 2]) if values else float("nan")
 
 
+# nnU-Net's runs depend on these settings only: a variant that leaves them as the protocol has them reuses the
+# protocol's nnU-Net rows instead of spending the same 40-minute runs again
+NNUNET_SETTINGS = ("spacing", "nnunet_gpu_memory_target", "budget_minutes", "iters_per_epoch", "threads", "device")
+
+
+def adopt_nnunet_rows(args, results: dict) -> int:
+    """A tagged variant takes over the nnU-Net runs (and their budget) recorded for its protocol when it changes
+    none of :data:`NNUNET_SETTINGS`; returns how many it took. Its own nnU-Net runs, if any, are kept."""
+    if not args.tag or any(getattr(args, k) != PROTOCOLS[args.protocol][k] for k in NNUNET_SETTINGS):
+        return 0
+    base_work = args.work.parent / f"le_{args.dataset_id:03d}_{args.protocol}"  # beside the variant's
+    base_path = base_work / "label_efficiency.json"
+    base = report.load_results(base_path if base_path.is_file() else
+                               RESULTS_DIR / f"label_efficiency_{args.name}_{args.protocol}.json")
+    taken = {k: dict(run, adopted_from=args.protocol) for k, run in base["runs"].items()
+             if report.parse_key(k)[0] == "nnunet" and k not in results["runs"]}
+    budget = results.setdefault("budget", {})
+    for key in ("nnunet", "nnunet_epochs"):
+        if key not in budget and key in base.get("budget", {}):
+            budget[key] = base["budget"][key]
+    results["runs"].update(taken)
+    return len(taken)
+
+
 # -- main -----------------------------------------------------------------------------------------------------
 def describe(args, source_order: str, evaluation: list[str], subsets: dict, pool: int, budget: dict | None) -> list[str]:
     plans = json.loads(plans_path(args).read_text())["configurations"]["3d_fullres"]
@@ -539,6 +576,13 @@ def describe(args, source_order: str, evaluation: list[str], subsets: dict, pool
 def write_report(args, results: dict) -> None:
     stem = args.stem
     work_md = args.work / f"{stem}.md"
+    adopted = sorted({run["adopted_from"] for run in results["runs"].values() if run.get("adopted_from")})
+    if adopted:
+        line = (f"nnU-Net rows: the runs recorded for the {', '.join(adopted)} protocol (this variant changes none of "
+                f"nnU-Net's settings: {', '.join(NNUNET_SETTINGS)})")
+        results["description"] = [d for d in results.get("description", []) if not d.startswith("nnU-Net rows:")]
+        results["description"].append(line)
+        report.save_results(results, args.work / "label_efficiency.json")
     text = report.markdown(results, f"Label efficiency on {args.name} ({args.protocol} protocol"
                            + (f", variant {args.tag})" if args.tag else ")"))
     work_md.write_text(text + "\n")
@@ -559,6 +603,10 @@ def main(argv=None) -> None:
     results = report.load_results(results_path if results_path.is_file() else committed)
     if (args.work / "raw" / args.name / "dataset.json").is_file():
         backfill_lcc(args, results)
+        report.save_results(results, results_path)
+    adopted = adopt_nnunet_rows(args, results)
+    if adopted:
+        print(f"{adopted} nnU-Net run(s) taken from the {args.protocol} protocol's results (its settings unchanged)")
         report.save_results(results, results_path)
     if args.report_only:
         return write_report(args, results)

@@ -152,6 +152,34 @@ def test_a_new_work_folder_adopts_the_committed_pretraining(tmp_path, monkeypatc
     assert le.pretrain_job(args, "gmim", tmp_path / "images") is not None  # another method is not adopted
 
 
+def test_a_variant_reuses_nnunet_rows_only_when_it_leaves_their_settings(tmp_path, monkeypatch):
+    import label_efficiency as le
+
+    source = tmp_path / "Dataset010_LeftAtrium"
+    source.mkdir()
+    (source / "dataset.json").write_text("{}")
+    monkeypatch.setattr(le, "RESULTS_DIR", tmp_path / "results")
+    base = {"runs": {report.run_key("nnunet", 8, 1): _run(0.75), report.run_key("scratch", 8, 1): _run(0.70)},
+            "budget": {"nnunet": {"train_s_per_iter": 9.0}, "nnunet_epochs": 11}}
+    (tmp_path / "results").mkdir()
+    report.save_results(base, tmp_path / "results" / "label_efficiency_Dataset010_LeftAtrium_cpu.json")
+
+    def variant(*extra):
+        return le.parse_args(["--source", str(source), "--work", str(tmp_path / "work" / "le_010_cpu_mem1"),
+                              "--tag", "mem1", *extra])
+
+    results = {"runs": {report.run_key("scratch", 8, 1): _run(0.76)}}
+    assert le.adopt_nnunet_rows(variant("--gpu_memory_target", "1.0"), results) == 1
+    assert results["runs"][report.run_key("nnunet", 8, 1)]["adopted_from"] == "cpu"
+    assert results["runs"][report.run_key("scratch", 8, 1)]["dice"] == 0.76  # smitunet rows are never taken
+    assert results["budget"]["nnunet_epochs"] == 11
+    results = {"runs": {}}
+    assert le.adopt_nnunet_rows(variant("--budget_minutes", "20"), results) == 0  # nnU-Net's budget changed
+    assert le.adopt_nnunet_rows(le.parse_args(["--source", str(source), "--work", str(tmp_path / "w")]),
+                                results) == 0  # no variant
+    assert results == {"runs": {}}
+
+
 def test_light_rows_compare_with_scratch_of_the_same_decoder():
     results = {"runs": {report.run_key("scratch", 8, 0): _run(0.70), report.run_key("scratch_light", 8, 0): _run(0.60),
                         report.run_key("smit_light", 8, 0): _run(0.66)}}
@@ -176,6 +204,28 @@ def test_semi_rows_with_the_warmup_get_the_blended_budget():
         name = le.SMITUNET_ROWS[row][1]
         cls = getattr(trainers, name, SMITSemiSupervisedTrainer)
         assert cls.labelled_step == (le.SEMI_STEP[row] == "semi"), row
+
+
+def test_semi_epochs_follow_the_step_ratio_when_smitunet_epochs_are_given(tmp_path, monkeypatch):
+    import label_efficiency as le
+
+    source = tmp_path / "Dataset010_LeftAtrium"
+    source.mkdir()
+    (source / "dataset.json").write_text("{}")
+    args = le.parse_args(["--source", str(source), "--work", str(tmp_path / "w"), "--tag", "mem1",
+                          "--smitunet_epochs", "8", "--rows", "scratch", "semi"])
+    steps = {"smitunet_here": 2.0, "semi": 6.0}  # s per iteration measured here: a semi step costs 3 plain ones
+    calibrated = []
+
+    def fake_calibration(args, name, extra, fold, budget_s, iters_cal):
+        calibrated.append(name)
+        return {"train_s_per_iter": steps[name], "epoch_overhead_s": 0.0, "startup_s": 0.0}, 99
+
+    monkeypatch.setattr(le, "_calibrate_smitunet", fake_calibration)
+    budget = le.calibrate(args, {"runs": {}}, 0, None, semi=(3, tmp_path / "labelled.txt"))
+    assert calibrated == ["semi", "smitunet_here"]  # the plain step measured here, not the flag's budget
+    # half the run labelled-only (2 s), half semi-supervised (6 s): a blended epoch costs twice a plain one
+    assert (budget["smitunet_epochs"], budget["semi_warmup_epochs"]) == (8, 4)
 
 
 def _write_labels(path: Path, array) -> None:
