@@ -25,6 +25,7 @@ ROW_TITLES = {
     "smit_warmup": "smitunet, SMIT-pretrained, encoder frozen for the first 10 %",
     "semi": "smitunet semi-supervised (mean teacher + copy-paste), from scratch",
     "semi_smit": "smitunet semi-supervised, SMIT-pretrained",
+    "semi_gmim": "smitunet semi-supervised, GMIM-pretrained",
     "semi_nowarmup": "smitunet semi-supervised without the labelled-only warm-up (first version), from scratch",
     "semi_nolcc": "smitunet semi-supervised, warm-up, every pseudo-label component kept (second version), from scratch",
     "semi_mixedonly": "smitunet semi-supervised, warm-up, mixed crops only (third version), from scratch",

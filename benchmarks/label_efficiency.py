@@ -17,8 +17,8 @@ pretrained on). Rows (``--rows``), each fine-tuned with the same budget and eval
 - ``probe_random`` / ``probe_smit``: the encoder frozen (random / pretrained), only the decoder trains;
 - ``smit_uniform_lr`` / ``smit_warmup``: the fine-tuning recipe's ablations (no layer-wise decay; encoder frozen for
   the first 10 % of the iterations);
-- ``semi`` / ``semi_smit``: ``SMITSemiSupervisedTrainer`` (scratch / pretrained) on every non-evaluation case with
-  ``--labelled_cases`` the same N; its iterations cost more, so its own calibration fits the same wall budget.
+- ``semi`` / ``semi_smit`` / ``semi_gmim``: ``SMITSemiSupervisedTrainer`` (scratch / pretrained) on every
+  non-evaluation case with ``--labelled_cases`` the same N; its iterations cost more, so its own calibration fits the same wall budget.
 
 The fine-tuning budget is wall time (``--budget_minutes``) of one run alone with ``--threads`` threads; a short
 calibration run of each tool turns it into that tool's epochs, recorded in the results file, so later runs
@@ -68,6 +68,7 @@ SMITUNET_ROWS = {"scratch": (None, "SMITTrainer"), "upper": (None, "SMITTrainer"
                  "smit_uniform_lr": ("smit", "SMITTrainerUniformLR"), "smit_warmup": ("smit", "SMITTrainerEncoderWarmup"),
                  "probe_random": (None, "SMITTrainerFrozenEncoder"), "probe_smit": ("smit", "SMITTrainerFrozenEncoder"),
                  "semi": (None, "SMITSemiSupervisedTrainer"), "semi_smit": ("smit", "SMITSemiSupervisedTrainer"),
+                 "semi_gmim": ("gmim", "SMITSemiSupervisedTrainer"),
                  "semi_nowarmup": (None, "SMITSemiSupervisedTrainerNoWarmup"),
                  "semi_nolcc": (None, "SMITSemiSupervisedTrainerNoLCC"),
                  "semi_mixedonly": (None, "SMITSemiSupervisedTrainerMixedOnly"),
@@ -82,7 +83,7 @@ SMITUNET_ROWS |= {f"{row}{LIGHT}": spec for row, spec in SMITUNET_ROWS.items()}
 # on every non-evaluation case, --labelled_cases the first N
 # the step each semi-supervised row calibrates its budget with: today's (labelled crops beside the mixed ones) or
 # the mixed crops only (the first three versions)
-SEMI_STEP = {"semi": "semi", "semi_smit": "semi", "semi_nowarmup": "semi_mixedonly", "semi_nolcc": "semi_mixedonly",
+SEMI_STEP = {"semi": "semi", "semi_smit": "semi", "semi_gmim": "semi", "semi_nowarmup": "semi_mixedonly", "semi_nolcc": "semi_mixedonly",
              "semi_mixedonly": "semi_mixedonly", "semi_voxelweight": "semi",
              "semi_nomix": "semi", "semi_nopseudo": "semi"}
 SEMI_STEP_TRAINER = {"semi": "SMITSemiSupervisedTrainer", "semi_mixedonly": "SMITSemiSupervisedTrainerMixedOnly"}
