@@ -146,14 +146,16 @@ def read_dice(summary_path: Path) -> dict:
     return out
 
 
-def budget_epochs(calibration: dict, iters_calibration: int, iters: int, budget_s: float) -> int:
-    """Epochs of ``iters`` iterations that fit in the budget after the measured start-up.
-
-    An epoch is its training iterations plus a per-epoch overhead (pseudo-validation, loader start-up). Scaling
-    the whole short calibration epoch by ``iters`` would count that overhead ``iters / iters_calibration`` times
-    and leave a third of the budget unused; the overhead is scaled by the validation batches instead, which
-    over-counts its fixed part a little (both tools alike).
-    """
+def epoch_seconds(calibration: dict, iters_calibration: int, iters: int) -> float:
+    """Seconds of an epoch of ``iters`` iterations: its training iterations plus a per-epoch overhead
+    (pseudo-validation, loader start-up). Scaling the whole short calibration epoch by ``iters`` would count that
+    overhead ``iters / iters_calibration`` times and leave a third of the budget unused; the overhead is scaled by
+    the validation batches instead, which over-counts its fixed part a little (both tools alike)."""
     overhead = calibration["epoch_overhead_s"] * val_iters(iters) / val_iters(iters_calibration)
-    epoch_s = calibration["train_s_per_iter"] * iters + overhead
+    return calibration["train_s_per_iter"] * iters + overhead
+
+
+def budget_epochs(calibration: dict, iters_calibration: int, iters: int, budget_s: float) -> int:
+    """Epochs of ``iters`` iterations (:func:`epoch_seconds`) that fit in the budget after the measured start-up."""
+    epoch_s = epoch_seconds(calibration, iters_calibration, iters)
     return max(1, int((budget_s - calibration["startup_s"]) // epoch_s))

@@ -18,7 +18,8 @@ pretrained on). Rows (``--rows``), each fine-tuned with the same budget and eval
 - ``smit_uniform_lr`` / ``smit_warmup``: the fine-tuning recipe's ablations (no layer-wise decay; encoder frozen for
   the first 10 % of the iterations);
 - ``semi`` / ``semi_smit`` / ``semi_gmim``: ``SMITSemiSupervisedTrainer`` (scratch / pretrained) on every
-  non-evaluation case with ``--labelled_cases`` the same N; its iterations cost more, so its own calibration fits the same wall budget.
+  non-evaluation case with ``--labelled_cases`` the same N; its iterations cost more, so its own calibration fits
+  the same wall budget.
 
 The fine-tuning budget is wall time (``--budget_minutes``) of one run alone with ``--threads`` threads; a short
 calibration run of each tool turns it into that tool's epochs, recorded in the results file, so later runs
@@ -53,7 +54,7 @@ import _le_report as report  # noqa: E402
 import _nnunet_env as nn  # noqa: E402
 from _jobs import Job, run_jobs  # noqa: E402
 from _report import RESULTS_DIR, machine_description, now_utc  # noqa: E402
-from _train_side import budget_epochs, val_iters  # noqa: E402
+from _train_side import budget_epochs, epoch_seconds, val_iters  # noqa: E402
 from smitunet.training.semi_supervised import SMITSemiSupervisedTrainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,8 +84,8 @@ SMITUNET_ROWS |= {f"{row}{LIGHT}": spec for row, spec in SMITUNET_ROWS.items()}
 # on every non-evaluation case, --labelled_cases the first N
 # the step each semi-supervised row calibrates its budget with: today's (labelled crops beside the mixed ones) or
 # the mixed crops only (the first three versions)
-SEMI_STEP = {"semi": "semi", "semi_smit": "semi", "semi_gmim": "semi", "semi_nowarmup": "semi_mixedonly", "semi_nolcc": "semi_mixedonly",
-             "semi_mixedonly": "semi_mixedonly", "semi_voxelweight": "semi",
+SEMI_STEP = {"semi": "semi", "semi_smit": "semi", "semi_gmim": "semi", "semi_nowarmup": "semi_mixedonly",
+             "semi_nolcc": "semi_mixedonly", "semi_mixedonly": "semi_mixedonly", "semi_voxelweight": "semi",
              "semi_nomix": "semi", "semi_nopseudo": "semi"}
 SEMI_STEP_TRAINER = {"semi": "SMITSemiSupervisedTrainer", "semi_mixedonly": "SMITSemiSupervisedTrainerMixedOnly"}
 SEMI_ROWS = tuple(r + light for light in ("", LIGHT) for r in SEMI_STEP)
@@ -414,12 +415,12 @@ def calibrate(args, results: dict, fold: int, nnunet_plans: str | None, semi: tu
             share = SMITSemiSupervisedTrainer.supervised_warmup_fraction
             blended = dict(mixed, train_s_per_iter=share * plain["train_s_per_iter"]
                            + (1 - share) * mixed["train_s_per_iter"])
-            budget[key] = budget_epochs(blended, iters_cal, args.iters_per_epoch, budget_s)
             if set_by_flag:
-                def epoch_s(cal: dict) -> float:
-                    return (cal["train_s_per_iter"] * args.iters_per_epoch
-                            + cal["epoch_overhead_s"] * val_iters(args.iters_per_epoch) / val_iters(iters_cal))
-                budget[key] = max(1, round(budget[f"smitunet{light}_epochs"] * epoch_s(plain) / epoch_s(blended)))
+                ratio = (epoch_seconds(plain, iters_cal, args.iters_per_epoch)
+                         / epoch_seconds(blended, iters_cal, args.iters_per_epoch))
+                budget[key] = max(1, round(budget[f"smitunet{light}_epochs"] * ratio))
+            else:
+                budget[key] = budget_epochs(blended, iters_cal, args.iters_per_epoch, budget_s)
     results["budget"] = budget
     return budget
 
